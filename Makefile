@@ -1,0 +1,28 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both install into .venv when needed.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# The stamp is keyed on the requirement files: editing them re-runs the install, otherwise setup is a no-op.
+REQ_HASH := $(shell cat requirements/*.txt setup.py tools/install_env.sh | sha256sum | cut -c1-16)
+STAMP  := $(VENV)/.installed-$(REQ_HASH)
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast study clean-venv
+
+setup: $(STAMP)
+
+$(STAMP):
+	VENV=$(VENV) bash tools/install_env.sh
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: setup
+	$(PY) tools/run_demo.py
+
+test: setup
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

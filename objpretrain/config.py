@@ -1,0 +1,192 @@
+"""Config keys added by objpretrain, each with its default and the paper section it comes from.
+
+Call ``add_objpretrain_config(cfg)`` on a Detectron2 ``get_cfg()`` before merging one of our YAML files,
+as Detectron2's own projects do (``add_pointrend_config`` and friends). ``get_pretrain_cfg()`` does both.
+
+Paper references: "SoCo" is Wei et al., "Aligning Pretraining for Detection via Object-Level Contrastive
+Learning" (NeurIPS 2021); "OAC" is Mishra et al., "Object-aware Cropping for Self-Supervised Learning"
+(TMLR 2022). Both are in ../shared/papers/ of the development workspace.
+"""
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+
+def add_objpretrain_config(cfg):
+    """Adds every objpretrain key to ``cfg`` in place (idempotent)."""
+    if hasattr(cfg, "OBJPRETRAIN"):
+        return cfg
+    _add_general_config(cfg)
+    _add_soco_config(cfg)
+    _add_oac_config(cfg)
+    _add_solver_config(cfg)
+    _add_finetune_config(cfg)
+    return cfg
+
+
+def get_pretrain_cfg(config_file=None, opts=None):
+    """A Detectron2 config with objpretrain keys, optionally merged with a YAML file and KEY VALUE opts."""
+    cfg = get_cfg()
+    add_objpretrain_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    if opts:
+        cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def _add_general_config(cfg):
+    _C = cfg
+    _C.OBJPRETRAIN = CN()
+    # Which pretraining dataset mapper builds the views: "soco" (SoCo §3.2) or "oac" (OAC §4.1).
+    _C.OBJPRETRAIN.MAPPER = "soco"
+    # What to do with an image that fails to decode in the pretraining loader: "skip" logs and counts it
+    # and draws another image; "raise" stops with the file name.
+    _C.OBJPRETRAIN.BAD_IMAGE_POLICY = "skip"
+    # What to do when the loss is NaN/Inf: "raise" stops with the batch's image ids, "skip" drops the step.
+    _C.OBJPRETRAIN.NONFINITE_LOSS_POLICY = "raise"
+    # Seconds between TensorBoard/JSON metric writes is Detectron2's; this is the number of iterations.
+    _C.OBJPRETRAIN.LOG_PERIOD = 20
+
+
+def _add_soco_config(cfg):
+    _C = cfg
+    # ---- Model (SoCo §3.3, §4.1) ----
+    _C.MODEL.SOCO = CN()
+    # Feature maps RoIAlign reads: P2-P5 for SoCo-R50-FPN (§3.3: "we do not use P6"), res4 for SoCo-R50-C4.
+    _C.MODEL.SOCO.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    # RoIAlign output size and type: the Mask R-CNN box head's (§3.3, Eq. 1).
+    _C.MODEL.SOCO.POOLER_RESOLUTION = 7
+    _C.MODEL.SOCO.POOLER_TYPE = "ROIAlignV2"
+    _C.MODEL.SOCO.POOLER_SAMPLING_RATIO = 0
+    # Scale-aware assignment (§3.3): upper edges (in pixels, sqrt of box area) of the size bands that go to
+    # P2, P3, P4; larger boxes go to P5. Bands 0-48², 48²-96², 96²-192², >192².
+    _C.MODEL.SOCO.SCALE_AWARE_THRESHOLDS = [48, 96, 192]
+    # Off: Detectron2's default FPN level rule (canonical box 224 on P4) instead, for the ablation of Table 5.
+    _C.MODEL.SOCO.SCALE_AWARE_ASSIGNMENT = True
+    # Projector g and predictor q (§4.1): Linear(4096) -> BN -> ReLU -> Linear(256).
+    _C.MODEL.SOCO.PROJECTOR_HIDDEN_DIM = 4096
+    _C.MODEL.SOCO.PROJECTOR_OUT_DIM = 256
+    _C.MODEL.SOCO.PREDICTOR_HIDDEN_DIM = 4096
+    # Target network EMA (§4.1, following BYOL): tau rises from BASE to END on a cosine schedule over training.
+    _C.MODEL.SOCO.MOMENTUM_BASE = 0.99
+    _C.MODEL.SOCO.MOMENTUM_END = 1.0
+
+    # ---- Views (SoCo §3.2) ----
+    _C.INPUT.SOCO = CN()
+    # V1: whole image resized to this square size.
+    _C.INPUT.SOCO.VIEW_SIZE = 224
+    # V2: random crop of V1 with this area-scale range, resized to VIEW_SIZE.
+    _C.INPUT.SOCO.CROP_SCALE = (0.5, 1.0)
+    # V2 crop aspect-ratio range (log-uniform), as torchvision's RandomResizedCrop.
+    _C.INPUT.SOCO.CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+    # V3: V2 downsampled to this size (§3.2 "e.g. 112x112"); 0 disables V3 (the C4 variant, §3.3).
+    _C.INPUT.SOCO.V3_SIZE = 112
+    # SoCo* (§4.3): an extra random crop of V1 resized to this size; 0 disables V4.
+    _C.INPUT.SOCO.V4_SIZE = 0
+    # K proposals sampled per image (§3.2, Table 5 default K=4).
+    _C.INPUT.SOCO.NUM_PROPOSALS = 4
+    # A proposal "survives" in the V2 crop when at least this fraction of its area lies inside the crop.
+    _C.INPUT.SOCO.MIN_VISIBLE_FRACTION = 0.5
+    # Box jitter (§3.2): applied with this probability, r uniform in [-RATIO, RATIO] per coordinate.
+    _C.INPUT.SOCO.BOX_JITTER_PROB = 0.5
+    _C.INPUT.SOCO.BOX_JITTER_RATIO = 0.1
+    # Fewer than K usable proposals: "repeat" (resample the usable ones), "whole_image" (pad with the
+    # crop box) or "random" (pad with random boxes inside the crop). Counted in the loader's metrics.
+    _C.INPUT.SOCO.FALLBACK = "repeat"
+    # BYOL augmentations (§3.2 "we adopt the augmentation pipeline of BYOL"), probabilities per view:
+    # view 1 / view 2 as in BYOL Table 6 (blur 1.0/0.1, solarize 0.0/0.2); V3 and V4 use view 2's.
+    _C.INPUT.SOCO.COLOR_JITTER_PROB = 0.8
+    _C.INPUT.SOCO.COLOR_JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
+    _C.INPUT.SOCO.GRAYSCALE_PROB = 0.2
+    _C.INPUT.SOCO.BLUR_PROB = (1.0, 0.1)
+    _C.INPUT.SOCO.SOLARIZE_PROB = (0.0, 0.2)
+    _C.INPUT.SOCO.HFLIP_PROB = 0.5
+
+
+def _add_oac_config(cfg):
+    _C = cfg
+    # ---- Cropping (OAC §4.1, §5) ----
+    _C.INPUT.OAC = CN()
+    # "scene" (MoCo-v2 baseline), "obj-obj", or "obj-obj+dilate".
+    _C.INPUT.OAC.CROP_MODE = "obj-obj+dilate"
+    # Dilation delta, as a fraction of the image size (§4.1: 10% or 20%; 0.1 works well).
+    _C.INPUT.OAC.DILATION = 0.1
+    # At most this many proposals per image, one picked at random per sample (§4.1, §5: 10 LOD proposals).
+    _C.INPUT.OAC.MAX_PROPOSALS = 10
+    # Random-crop lower scale bound inside a box. 0 means s_min = SCENE_CROP_MIN / average proposal size (§5).
+    _C.INPUT.OAC.CROP_SCALE_MIN = 0.0
+    _C.INPUT.OAC.SCENE_CROP_MIN = 0.2
+    # Crops of the dilated box: this lower scale bound; 0 means the object crop's s_min. The authors' code
+    # crops the dilated box with MoCo-v2's scene range (0.2, 1) (§4.1 leaves it open).
+    _C.INPUT.OAC.DILATED_CROP_SCALE_MIN = 0.2
+    # Aspect-ratio range of every crop (log-uniform), as MoCo-v2's RandomResizedCrop.
+    _C.INPUT.OAC.CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+    # Output crop size (MoCo-v2's 224).
+    _C.INPUT.OAC.CROP_SIZE = 224
+    # MoCo-v2 augmentations after cropping (§5 "we closely follow the standard protocol" of MoCo-v2):
+    # colour jitter (0.4, 0.4, 0.4, 0.1) with p=0.8, grayscale p=0.2, Gaussian blur sigma in [0.1, 2] p=0.5,
+    # horizontal flip p=0.5. The whole image of the localization task gets the same ones (§4.2.2).
+    _C.INPUT.OAC.COLOR_JITTER = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+    _C.INPUT.OAC.COLOR_JITTER_PROB = 0.8
+    _C.INPUT.OAC.GRAYSCALE_PROB = 0.2
+    _C.INPUT.OAC.BLUR_PROB = 0.5
+    _C.INPUT.OAC.HFLIP_PROB = 0.5
+    # Use ground-truth boxes of the dataset as "proposals" (OAC Table 4 ablation).
+    _C.INPUT.OAC.USE_GT_BOXES = False
+    # Rotation pretext task (§4.2.1): angles the object crop may be rotated by.
+    _C.INPUT.OAC.ROTATIONS = [0, 90, 180, 270]
+    # Localization pretext task (§4.2.2): the whole image is split into p x p patches.
+    _C.INPUT.OAC.LOC_GRID = 4
+
+    # ---- Models (OAC §4.2; MoCo-v2, BYOL, DenseCL) ----
+    _C.MODEL.OAC = CN()
+    # The SSL method is the meta-architecture: OACMoCo (MoCo-v2), OACBYOL or OACDenseCL (§5, Table 5).
+    # MoCo-v2: queue length, InfoNCE temperature, key-encoder momentum; MLP head 2048 -> 128.
+    _C.MODEL.OAC.QUEUE_SIZE = 65536
+    _C.MODEL.OAC.TEMPERATURE = 0.2
+    _C.MODEL.OAC.MOMENTUM = 0.999
+    # Target momentum at the end of training (cosine schedule from MOMENTUM): MoCo keeps 0.999 throughout;
+    # BYOL goes 0.99 -> 1.0 (BYOL §3.2).
+    _C.MODEL.OAC.MOMENTUM_END = 0.999
+    _C.MODEL.OAC.HEAD_HIDDEN_DIM = 2048
+    _C.MODEL.OAC.HEAD_OUT_DIM = 128
+    # Separate projection heads for the object view and the dilated view (§4.1). Each head must see its own
+    # view on the query side to be trained, so MoCo and DenseCL then use the symmetrized loss (view 1 -> key
+    # view 2 and view 2 -> key view 1, one key queue per head); with a shared head they are MoCo-v2's
+    # one-sided loss with one queue.
+    _C.MODEL.OAC.SEPARATE_HEADS = True
+    # Norm in the MLP heads: "" for MoCo-v2's and DenseCL's (Linear-ReLU-Linear), "BN" for BYOL's (§3.3).
+    _C.MODEL.OAC.HEAD_NORM = ""
+    # BYOL predictor hidden size (BYOL §3.3: 4096).
+    _C.MODEL.OAC.PREDICTOR_HIDDEN_DIM = 4096
+    # Loss weights: L = L_ssl + LAMBDA_ROT * L_rot + LAMBDA_LOC * L_loc (§4.2, Eq. 2 uses 1 and 1).
+    _C.MODEL.OAC.LAMBDA_ROT = 0.0
+    _C.MODEL.OAC.LAMBDA_LOC = 0.0
+    # Hidden size of the rotation and localization MLPs.
+    _C.MODEL.OAC.PRETEXT_HIDDEN_DIM = 512
+    # DenseCL: weight of the dense loss against the global one (DenseCL uses 0.5).
+    _C.MODEL.OAC.DENSE_LOSS_WEIGHT = 0.5
+
+
+def _add_solver_config(cfg):
+    _C = cfg
+    # "LARS" (SoCo §4.1) or "SGD".
+    _C.SOLVER.OPTIMIZER = "SGD"
+    # LARS trust coefficient and eps (You et al. 2017); biases and norm parameters are excluded from weight
+    # decay and from the trust-ratio adaptation, as in BYOL.
+    _C.SOLVER.LARS_TRUST_COEFFICIENT = 0.001
+    _C.SOLVER.LARS_EPS = 1e-8
+    # Linear lr scaling (SoCo §4.1): lr = BASE_LR * IMS_PER_BATCH / LR_SCALE_BATCH_SIZE; 0 disables scaling.
+    _C.SOLVER.LR_SCALE_BATCH_SIZE = 0
+    # Pretraining length in epochs; when > 0 it overrides MAX_ITER (and WARMUP_EPOCHS overrides
+    # WARMUP_ITERS) using the dataset size and IMS_PER_BATCH (SoCo §4.1: 100 or 400 epochs, 10 warm-up).
+    _C.SOLVER.EPOCHS = 0
+    _C.SOLVER.WARMUP_EPOCHS = 0
+
+
+def _add_finetune_config(cfg):
+    _C = cfg
+    # Extra norm after res5 in the C4 head (MoCo / SoCo C4 finetune configs), used by Res5ROIHeadsExtraNorm.
+    _C.MODEL.ROI_BOX_HEAD.RES5_EXTRA_NORM = True
+    # COCO-format datasets registered from the config: list of "name:json_file:image_root".
+    _C.DATASETS.COCO_JSON_REGISTER = []

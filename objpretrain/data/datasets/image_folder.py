@@ -1,0 +1,43 @@
+"""Unlabelled image folders (a flat folder, an ImageNet-style class tree, COCO images) as Detectron2 datasets."""
+import logging
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def list_images(root):
+    """All image files under ``root`` (recursively), sorted so the order is the same on every machine."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"Image folder {root!r} does not exist")
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        paths.extend(os.path.join(dirpath, f) for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS))
+    return sorted(paths)
+
+
+def image_id_for(path, root):
+    """The dataset-wide id of an image: its path relative to ``root``, without extension, '/'-separated.
+
+    Stable across machines and runs, and unique inside an ImageNet-style tree where basenames can repeat.
+    Proposal files key their entries by this id.
+    """
+    rel = os.path.relpath(path, root)
+    return os.path.splitext(rel)[0].replace(os.sep, "/")
+
+
+def load_image_folder(root):
+    paths = list_images(root)
+    if not paths:
+        raise FileNotFoundError(f"Image folder {root!r} has no images (extensions {IMAGE_EXTENSIONS})")
+    return [{"file_name": p, "image_id": image_id_for(p, root)} for p in paths]
+
+
+def register_image_folder(name, root):
+    """Registers every image under ``root`` as an unlabelled dataset named ``name`` (lazily listed)."""
+    DatasetCatalog.register(name, lambda: load_image_folder(root))
+    MetadataCatalog.get(name).set(image_root=root, evaluator_type="none")

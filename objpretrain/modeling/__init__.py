@@ -1,0 +1,1 @@
+"""Meta-architectures, heads and losses. Importing this module registers them with Detectron2."""
