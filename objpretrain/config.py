@@ -44,7 +44,8 @@ def _add_general_config(cfg):
     _C.OBJPRETRAIN.BAD_IMAGE_POLICY = "skip"
     # What to do when the loss is NaN/Inf: "raise" stops with the batch's image ids, "skip" drops the step.
     _C.OBJPRETRAIN.NONFINITE_LOSS_POLICY = "raise"
-    # Seconds between TensorBoard/JSON metric writes is Detectron2's; this is the number of iterations.
+    # Iterations between console/JSON/TensorBoard metric writes; each written value is the median over
+    # that period (1 writes every iteration's raw values).
     _C.OBJPRETRAIN.LOG_PERIOD = 20
 
 
@@ -67,6 +68,9 @@ def _add_soco_config(cfg):
     _C.MODEL.SOCO.PROJECTOR_HIDDEN_DIM = 4096
     _C.MODEL.SOCO.PROJECTOR_OUT_DIM = 256
     _C.MODEL.SOCO.PREDICTOR_HIDDEN_DIM = 4096
+    # Norm inside projector and predictor: "BN", "SyncBN" (§4.1: "synchronized batch normalization is
+    # enabled") or "" for none.
+    _C.MODEL.SOCO.HEAD_NORM = "BN"
     # Target network EMA (§4.1, following BYOL): tau rises from BASE to END on a cosine schedule over training.
     _C.MODEL.SOCO.MOMENTUM_BASE = 0.99
     _C.MODEL.SOCO.MOMENTUM_END = 1.0
@@ -77,7 +81,7 @@ def _add_soco_config(cfg):
     _C.INPUT.SOCO.VIEW_SIZE = 224
     # V2: random crop of V1 with this area-scale range, resized to VIEW_SIZE.
     _C.INPUT.SOCO.CROP_SCALE = (0.5, 1.0)
-    # V2 crop aspect-ratio range (log-uniform), as torchvision's RandomResizedCrop.
+    # V2 (and V4) crop aspect-ratio range (log-uniform), as torchvision's RandomResizedCrop.
     _C.INPUT.SOCO.CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
     # V3: V2 downsampled to this size (§3.2 "e.g. 112x112"); 0 disables V3 (the C4 variant, §3.3).
     _C.INPUT.SOCO.V3_SIZE = 112
@@ -85,13 +89,18 @@ def _add_soco_config(cfg):
     _C.INPUT.SOCO.V4_SIZE = 0
     # K proposals sampled per image (§3.2, Table 5 default K=4).
     _C.INPUT.SOCO.NUM_PROPOSALS = 4
-    # A proposal "survives" in the V2 crop when at least this fraction of its area lies inside the crop.
+    # A proposal "survives" in the V2 crop when at least this fraction of its area lies inside the crop
+    # (and inside the V4 crop when V4 is on); K survivors are sampled (§3.2: "proposals outside of V2 are
+    # dropped").
     _C.INPUT.SOCO.MIN_VISIBLE_FRACTION = 0.5
-    # Box jitter (§3.2): applied with this probability, r uniform in [-RATIO, RATIO] per coordinate.
+    # Box jitter (§3.2): applied with this probability, r uniform in [-RATIO, RATIO] per coordinate,
+    # drawn independently for each view so a proposal's box differs across views.
     _C.INPUT.SOCO.BOX_JITTER_PROB = 0.5
     _C.INPUT.SOCO.BOX_JITTER_RATIO = 0.1
-    # Fewer than K usable proposals: "repeat" (resample the usable ones), "whole_image" (pad with the
-    # crop box) or "random" (pad with random boxes inside the crop). Counted in the loader's metrics.
+    # Fewer than K usable proposals (none, or no proposal entry, included): "repeat" (resample the usable
+    # ones; "whole_image" when there are none), "whole_image" (pad with the region visible in every view, the
+    # V2 crop) or "random" (pad with random proposal-sized boxes inside it, as Table 5(c) "Random").
+    # Counted in SoCoMapper.counters and logged by each loader worker.
     _C.INPUT.SOCO.FALLBACK = "repeat"
     # BYOL augmentations (§3.2 "we adopt the augmentation pipeline of BYOL"), probabilities per view:
     # view 1 / view 2 as in BYOL Table 6 (blur 1.0/0.1, solarize 0.0/0.2); V3 and V4 use view 2's.
@@ -99,7 +108,10 @@ def _add_soco_config(cfg):
     _C.INPUT.SOCO.COLOR_JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
     _C.INPUT.SOCO.GRAYSCALE_PROB = 0.2
     _C.INPUT.SOCO.BLUR_PROB = (1.0, 0.1)
+    # Gaussian blur sigma range (BYOL; kernel 10% of the view side, 23 px at 224).
+    _C.INPUT.SOCO.BLUR_SIGMA = (0.1, 2.0)
     _C.INPUT.SOCO.SOLARIZE_PROB = (0.0, 0.2)
+    # Horizontal flip, drawn per view (BYOL); it moves the boxes too.
     _C.INPUT.SOCO.HFLIP_PROB = 0.5
 
 

@@ -1,1 +1,4 @@
 """Meta-architectures, heads and losses. Importing this module registers them with Detectron2."""
+from . import soco  # noqa: F401
+from . import oac  # noqa: F401
+from . import roi_heads  # noqa: F401  (Res5ROIHeadsExtraNorm)

@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""Training-step throughput and peak memory of a pretraining config.
+
+Times ``--iters`` steps after ``--warmup`` untimed ones, each split into data (next batch from the loader) and
+step (forward, backward, optimizer, target EMA update), and prints one JSON line: images/s, seconds per
+iteration for data and step, peak host memory (max RSS of this process and of its live data-loader workers) and,
+on CUDA, peak GPU memory.
+
+    # CPU, the demo config with its real loader (needs datasets/demo and a proposal file, or
+    # DATASETS.PROPOSAL_FILES_TRAIN "()" to use the mapper's whole-image fallback boxes)
+    python bench/train_step.py --config-file configs/demo/soco_r18_fpn_demo.yaml
+    # GPU, SoCo-R50-FPN at batch 64 with AMP, synthetic views (no data loading)
+    python bench/train_step.py --config-file configs/soco_r50_fpn.yaml --device cuda --batch 64 --amp --synthetic
+"""
+import argparse
+import glob
+import itertools
+import json
+import os
+import resource
+import sys
+import time
+
+import torch
+from detectron2.modeling import build_model
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import objpretrain  # noqa: E402,F401
+from objpretrain.config import get_pretrain_cfg  # noqa: E402
+from objpretrain.engine import build_pretrain_optimizer, unwrap_model  # noqa: E402
+
+
+def synthetic_soco_batch(cfg, batch_size, seed=0):
+    """Mapper-format SoCo inputs with random pixels and K random boxes per view, sized as the config says."""
+    soco = cfg.INPUT.SOCO
+    views = [("v1", soco.VIEW_SIZE), ("v2", soco.VIEW_SIZE), ("v3", soco.V3_SIZE), ("v4", soco.V4_SIZE)]
+    views = [(name, size) for name, size in views if size > 0]
+    generator = torch.Generator().manual_seed(seed)
+    batch = []
+    for index in range(batch_size):
+        pixels, boxes = [], []
+        for _, size in views:
+            pixels.append(torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator))
+            corner = torch.rand(soco.NUM_PROPOSALS, 2, generator=generator) * size * 0.5
+            extent = (torch.rand(soco.NUM_PROPOSALS, 2, generator=generator) * 0.4 + 0.1) * size
+            boxes.append(torch.cat([corner, corner + extent], dim=1))
+        batch.append({"image_id": f"synthetic_{index}", "file_name": "", "views": pixels, "boxes": boxes,
+                      "view_names": [name for name, _ in views]})
+    return batch
+
+
+def peak_host_memory_mb():
+    """Peak RSS of this process (getrusage) and the sum of the peak RSS (VmHWM) of its live children, the
+    data-loader workers (Linux only; 0 elsewhere)."""
+    to_mb = 1 / 1024 if sys.platform != "darwin" else 1 / 2**20  # ru_maxrss is KiB on Linux, bytes on macOS
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * to_mb
+    children_kb = 0
+    for children_file in glob.glob("/proc/self/task/*/children"):
+        with open(children_file) as f:
+            for pid in f.read().split():
+                try:
+                    with open(f"/proc/{pid}/status") as status:
+                        children_kb += next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+                except (OSError, StopIteration):
+                    continue  # the child ended meanwhile
+    return own, children_kb / 1024
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default="configs/demo/soco_r18_fpn_demo.yaml")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=0, help="images per step (default: SOLVER.IMS_PER_BATCH)")
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--amp", action="store_true", help="autocast to float16 with a GradScaler (CUDA only)")
+    parser.add_argument("--synthetic", action="store_true", help="random views instead of the data loader")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
+    args = parser.parse_args()
+
+    cfg = get_pretrain_cfg(args.config_file, args.opts)
+    cfg.defrost()
+    cfg.MODEL.DEVICE = args.device
+    if args.batch:
+        cfg.SOLVER.IMS_PER_BATCH = args.batch
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    optimizer = build_pretrain_optimizer(cfg, model)
+    scaler = torch.amp.GradScaler(args.device, enabled=args.amp)
+    if args.synthetic:
+        batches = itertools.repeat(synthetic_soco_batch(cfg, cfg.SOLVER.IMS_PER_BATCH))
+    else:
+        from objpretrain.data.build import build_pretrain_loader
+
+        batches = iter(build_pretrain_loader(cfg))
+    cuda = args.device.startswith("cuda")
+
+    data_times, step_times = [], []
+    for iteration in range(args.warmup + args.iters):
+        start = time.perf_counter()
+        batch = next(batches)
+        loaded = time.perf_counter()
+        with torch.autocast(args.device.split(":")[0], dtype=torch.float16, enabled=args.amp):
+            loss = sum(model(batch).values())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        unwrap_model(model).momentum_update(0.99)
+        if cuda:
+            torch.cuda.synchronize()
+        done = time.perf_counter()
+        if iteration >= args.warmup:
+            data_times.append(loaded - start)
+            step_times.append(done - loaded)
+
+    data_s, step_s = sum(data_times) / len(data_times), sum(step_times) / len(step_times)
+    own_mb, children_mb = peak_host_memory_mb()
+    result = {
+        "config": args.config_file,
+        "device": torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)",
+        "batch": cfg.SOLVER.IMS_PER_BATCH,
+        "amp": args.amp,
+        "data": "synthetic" if args.synthetic else f"loader, {cfg.DATALOADER.NUM_WORKERS} workers",
+        "iters": args.iters,
+        "images_per_s": round(cfg.SOLVER.IMS_PER_BATCH / (data_s + step_s), 2),
+        "data_s_per_iter": round(data_s, 4),
+        "step_s_per_iter": round(step_s, 4),
+        "peak_rss_mb": round(own_mb, 1),
+        "peak_rss_workers_mb": round(children_mb, 1),
+        "final_loss": round(loss.item(), 4),
+    }
+    if cuda:
+        result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Crash-safe checkpoints for pretraining (``PretrainTrainer``) and fine-tuning (``tools/train_net.py``).
+
+- Every checkpoint and the ``last_checkpoint`` tag are written to a temporary file in the same folder,
+  fsynced and renamed over the target (then the folder is fsynced), so a kill at any moment leaves either the
+  previous file or the complete new one, never a truncated file under the real name.
+- ``resume_or_load(..., resume=True)`` loads the checkpoint that ``last_checkpoint`` names; if that file is
+  missing or unreadable (a disk that lost data, a copy that was cut short), it warns naming the bad file and
+  falls back to the newest readable ``model_*.pth`` in the folder.
+- Read errors name the file (:class:`CheckpointReadError`).
+"""
+import logging
+import os
+import re
+import tempfile
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+__all__ = ["AtomicDetectionCheckpointer", "CheckpointReadError", "atomic_write"]
+
+logger = logging.getLogger(__name__)
+
+_CHECKPOINT_NAME = re.compile(r"^model_(\d+|final)\.pth$")
+
+
+class CheckpointReadError(RuntimeError):
+    """A checkpoint file that does not exist or cannot be deserialized; the message names it."""
+
+
+def atomic_write(path, write):
+    """Runs ``write(file)`` on a temporary file next to ``path``, fsyncs it and renames it over ``path``, so
+    a reader (or a resumed run after a crash) sees either the old file or the complete new one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # makes the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def _newest_first(file_names):
+    """``model_<iter>.pth`` / ``model_final.pth`` names, the highest iteration first, ``model_final`` before all."""
+    def key(name):
+        tag = _CHECKPOINT_NAME.match(name).group(1)
+        return float("inf") if tag == "final" else int(tag)
+
+    return sorted((n for n in file_names if _CHECKPOINT_NAME.match(n)), key=key, reverse=True)
+
+
+class AtomicDetectionCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer with atomic saves on local disks, fall-back to the newest readable checkpoint on
+    resume, and load errors that name the file (module docstring)."""
+
+    def _is_local(self):
+        return "://" not in self.save_dir
+
+    def save(self, name, **kwargs):
+        if not self.save_dir or not self.save_to_disk or not self._is_local():
+            return super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", save_file)
+        atomic_write(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename):
+        if not self._is_local():
+            return super().tag_last_checkpoint(last_filename_basename)
+        path = os.path.join(self.save_dir, "last_checkpoint")
+        atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+
+    def _load_file(self, filename):
+        try:
+            return super()._load_file(filename)
+        except Exception as error:
+            raise CheckpointReadError(
+                f"Cannot read checkpoint {filename!r} (truncated or not a checkpoint?): "
+                f"{type(error).__name__}: {error}"
+            ) from error
+
+    def resume_or_load(self, path, *, resume=True):
+        if not (resume and self.has_checkpoint() and self._is_local()):
+            return super().resume_or_load(path, resume=resume)
+        tagged = self.get_checkpoint_file()
+        others = [os.path.join(self.save_dir, n) for n in _newest_first(os.listdir(self.save_dir))]
+        candidates = [tagged] + [p for p in others if os.path.abspath(p) != os.path.abspath(tagged)]
+        for candidate in candidates:
+            if not os.path.isfile(candidate):
+                logger.warning("Cannot resume from %s: no such file; trying the next newest checkpoint", candidate)
+                continue
+            # A read error happens in _load_file, before anything is loaded into the model or the trainer.
+            try:
+                extra = self.load(candidate)
+            except CheckpointReadError as error:
+                logger.warning("Cannot resume from %s: %s; trying the next newest checkpoint", candidate, error)
+                continue
+            if candidate != tagged:
+                logger.warning("Resumed from %s, not from the unreadable %s that %s names",
+                               candidate, tagged, os.path.join(self.save_dir, "last_checkpoint"))
+            return extra
+        raise CheckpointReadError(
+            f"Cannot resume: no readable checkpoint in {self.save_dir!r} (tried {candidates}); run without "
+            f"--resume to start over, or restore a checkpoint"
+        )

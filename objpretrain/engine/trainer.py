@@ -1,0 +1,338 @@
+"""PretrainTrainer: Detectron2's DefaultTrainer for self-supervised pretraining.
+
+What it adds to DefaultTrainer: epochs converted to iterations from the dataset size and the linear lr
+scaling rule (SoCo §4.1), LARS or SGD, the momentum-target hook for models that have a target network, a
+guard against non-finite losses that names the batch's images, images/s in the metrics, atomic checkpoints,
+and no evaluation. Models return a dict of losses in training (docs/design.md).
+"""
+import logging
+import math
+import os
+import time
+import weakref
+
+import torch
+import torch.distributed as dist
+from detectron2.data import DatasetCatalog
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
+from detectron2.solver import get_default_optimizer_params
+from detectron2.solver.build import maybe_add_gradient_clipping
+from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter, get_event_storage
+from detectron2.utils.file_io import PathManager
+from detectron2.utils.logger import setup_logger
+
+from .checkpoint import AtomicDetectionCheckpointer
+from .lars import LARS
+from .momentum import MomentumTargetHook, unwrap_model
+
+__all__ = [
+    "AtomicDetectionCheckpointer",
+    "PretrainAMPTrainer",
+    "PretrainSimpleTrainer",
+    "PretrainTrainer",
+    "build_pretrain_optimizer",
+    "resolve_schedule",
+    "scaled_base_lr",
+]
+
+logger = logging.getLogger(__name__)
+
+NONFINITE_LOSS_POLICIES = ("raise", "skip")
+
+
+def scaled_base_lr(cfg):
+    """``BASE_LR * IMS_PER_BATCH / LR_SCALE_BATCH_SIZE`` (SoCo §4.1, Goyal et al.), or BASE_LR when the
+    scaling is off (LR_SCALE_BATCH_SIZE = 0)."""
+    reference = cfg.SOLVER.LR_SCALE_BATCH_SIZE
+    if reference < 0:
+        raise ValueError(f"SOLVER.LR_SCALE_BATCH_SIZE must be >= 0, got {reference}")
+    if reference == 0:
+        return cfg.SOLVER.BASE_LR
+    return cfg.SOLVER.BASE_LR * cfg.SOLVER.IMS_PER_BATCH / reference
+
+
+def resolve_schedule(cfg, num_images=None):
+    """A copy of ``cfg`` with the iteration counts the schedule will use (``cfg`` itself is not changed):
+
+    - with SOLVER.EPOCHS > 0, SOLVER.MAX_ITER / WARMUP_ITERS = ``ceil(epochs * num_images / IMS_PER_BATCH)``
+      from SOLVER.EPOCHS / WARMUP_EPOCHS (SoCo §4.1: 100 or 400 epochs, 10 of warm-up); ``num_images``
+      defaults to the size of DATASETS.TRAIN;
+    - WARMUP_ITERS is capped below MAX_ITER (a short run of a config with a long warm-up would otherwise leave
+      the cosine part an empty interval).
+
+    Idempotent.
+    """
+    solver = cfg.SOLVER
+    if solver.EPOCHS <= 0 and solver.WARMUP_EPOCHS > 0:
+        raise ValueError("SOLVER.WARMUP_EPOCHS is set but SOLVER.EPOCHS is not; set both or neither")
+    if solver.WARMUP_EPOCHS > solver.EPOCHS > 0:
+        raise ValueError(f"SOLVER.WARMUP_EPOCHS ({solver.WARMUP_EPOCHS}) exceeds SOLVER.EPOCHS ({solver.EPOCHS})")
+    max_iter, warmup_iters = solver.MAX_ITER, solver.WARMUP_ITERS
+    if solver.EPOCHS > 0:
+        if num_images is None:
+            num_images = sum(len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TRAIN)
+        if num_images <= 0:
+            raise ValueError(f"DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} has no images; cannot convert epochs")
+        max_iter = max(1, math.ceil(solver.EPOCHS * num_images / solver.IMS_PER_BATCH))
+        warmup_iters = math.ceil(solver.WARMUP_EPOCHS * num_images / solver.IMS_PER_BATCH)
+        logger.info(
+            "%d images, batch %d: %s epochs = %d iterations, %s warm-up epochs = %d iterations",
+            num_images, solver.IMS_PER_BATCH, solver.EPOCHS, max_iter, solver.WARMUP_EPOCHS, warmup_iters,
+        )
+    if max_iter <= 0:
+        raise ValueError(f"SOLVER.MAX_ITER must be positive, got {max_iter}")
+    if warmup_iters >= max_iter:
+        logger.warning(
+            "SOLVER.WARMUP_ITERS=%d >= MAX_ITER=%d: warm-up capped at %d", warmup_iters, max_iter, max_iter - 1
+        )
+        warmup_iters = max_iter - 1
+    if (max_iter, warmup_iters) == (solver.MAX_ITER, solver.WARMUP_ITERS):
+        return cfg
+    cfg = cfg.clone()
+    was_frozen = cfg.is_frozen()
+    cfg.defrost()
+    cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_ITERS = max_iter, warmup_iters
+    if was_frozen:
+        cfg.freeze()
+    return cfg
+
+
+def _split_bias_and_norm(param_groups):
+    """Splits every group into weights (adapted by LARS) and biases / norm parameters (``lars_exclude``, no
+    weight decay). In convolutional and MLP networks the latter are exactly the 1-D parameters."""
+    split = []
+    for group in param_groups:
+        for excluded in (False, True):
+            params = [p for p in group["params"] if (p.ndim <= 1) == excluded]
+            if params:
+                extra = {"lars_exclude": True, "weight_decay": 0.0} if excluded else {"lars_exclude": False}
+                split.append({**group, **extra, "params": params})
+    return split
+
+
+def build_pretrain_optimizer(cfg, model):
+    """LARS (SoCo §4.1) or momentum SGD over the trainable parameters, at :func:`scaled_base_lr`.
+
+    Biases and norm parameters get no weight decay (Detectron2's ``get_default_optimizer_params``), and LARS
+    does not adapt them either (BYOL). Detectron2's SOLVER.CLIP_GRADIENTS applies to both.
+    """
+    lr = scaled_base_lr(cfg)
+    params = get_default_optimizer_params(
+        model, base_lr=lr, weight_decay=cfg.SOLVER.WEIGHT_DECAY, weight_decay_norm=0.0, weight_decay_bias=0.0
+    )
+    name = cfg.SOLVER.OPTIMIZER.upper()
+    if name == "LARS":
+        return maybe_add_gradient_clipping(cfg, LARS)(
+            _split_bias_and_norm(params),
+            lr=lr,
+            momentum=cfg.SOLVER.MOMENTUM,
+            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+            trust_coefficient=cfg.SOLVER.LARS_TRUST_COEFFICIENT,
+            eps=cfg.SOLVER.LARS_EPS,
+        )
+    if name == "SGD":
+        return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
+            params, lr=lr, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV
+        )
+    raise ValueError(f"SOLVER.OPTIMIZER must be 'LARS' or 'SGD', got {cfg.SOLVER.OPTIMIZER!r}")
+
+
+class _GuardedStepMixin:
+    """Shared by the plain and AMP step: a non-finite total loss raises with the batch's image ids, or (policy
+    "skip") drops the whole step on every rank; images/s goes to the event storage."""
+
+    def _init_guard(self, nonfinite_policy):
+        if nonfinite_policy not in NONFINITE_LOSS_POLICIES:
+            raise ValueError(
+                f"OBJPRETRAIN.NONFINITE_LOSS_POLICY must be one of {NONFINITE_LOSS_POLICIES}, got {nonfinite_policy!r}"
+            )
+        self.nonfinite_policy = nonfinite_policy
+        self.num_skipped_steps = 0
+
+    def _next_batch(self):
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        return data, start, time.perf_counter() - start
+
+    @staticmethod
+    def _total_loss(loss_dict):
+        if isinstance(loss_dict, torch.Tensor):
+            return {"total_loss": loss_dict}, loss_dict
+        return loss_dict, sum(loss_dict.values())
+
+    def _losses_are_finite(self, loss_dict, losses, data):
+        finite = torch.isfinite(losses.detach()).to(torch.int32)
+        if comm.get_world_size() > 1:
+            # Every rank must take the same decision, or DDP's gradient all-reduce would hang.
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if bool(finite.item()):
+            return True
+        image_ids = [x.get("image_id", x.get("file_name")) if isinstance(x, dict) else None for x in data]
+        values = {name: float(value.detach()) for name, value in loss_dict.items()}
+        message = (
+            f"Non-finite loss at iteration {self.iter} (on this or another rank): this rank's losses {values}, "
+            f"its batch's image ids {image_ids}"
+        )
+        if self.nonfinite_policy == "raise":
+            raise FloatingPointError(message + ". OBJPRETRAIN.NONFINITE_LOSS_POLICY='skip' drops such steps instead.")
+        self.num_skipped_steps += 1
+        logger.warning("%s; step skipped (%d so far)", message, self.num_skipped_steps)
+        get_event_storage().put_scalar("skipped_nonfinite_steps", self.num_skipped_steps, smoothing_hint=False)
+        return False
+
+    def _put_throughput(self, data, start):
+        images = len(data) * comm.get_world_size()
+        get_event_storage().put_scalar("images_per_sec", images / max(time.perf_counter() - start, 1e-9))
+
+    def state_dict(self):
+        ret = super().state_dict()
+        ret["num_skipped_steps"] = self.num_skipped_steps
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self.num_skipped_steps = state_dict.get("num_skipped_steps", 0)
+
+
+class PretrainSimpleTrainer(_GuardedStepMixin, SimpleTrainer):
+    """Detectron2's SimpleTrainer step with the non-finite loss guard checked before backward."""
+
+    def __init__(self, model, data_loader, optimizer, nonfinite_policy="raise"):
+        super().__init__(model, data_loader, optimizer)
+        self._init_guard(nonfinite_policy)
+
+    def run_step(self):
+        assert self.model.training, "[PretrainSimpleTrainer] model was changed to eval mode!"
+        data, start, data_time = self._next_batch()
+        loss_dict, losses = self._total_loss(self.model(data))
+        self.optimizer.zero_grad()
+        if not self._losses_are_finite(loss_dict, losses, data):
+            return
+        losses.backward()
+        self.after_backward()
+        self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
+        self._put_throughput(data, start)
+
+
+class PretrainAMPTrainer(_GuardedStepMixin, AMPTrainer):
+    """Detectron2's AMPTrainer step (autocast + GradScaler) with the non-finite loss guard."""
+
+    def __init__(self, model, data_loader, optimizer, nonfinite_policy="raise"):
+        super().__init__(model, data_loader, optimizer)
+        self._init_guard(nonfinite_policy)
+
+    def run_step(self):
+        assert self.model.training, "[PretrainAMPTrainer] model was changed to eval mode!"
+        assert torch.cuda.is_available(), "[PretrainAMPTrainer] SOLVER.AMP.ENABLED needs CUDA"
+        data, start, data_time = self._next_batch()
+        with torch.autocast("cuda", dtype=self.precision):
+            loss_dict, losses = self._total_loss(self.model(data))
+        self.optimizer.zero_grad()
+        if not self._losses_are_finite(loss_dict, losses, data):
+            return
+        self.grad_scaler.scale(losses).backward()
+        self.after_backward()
+        self._write_metrics(loss_dict, data_time)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+        self._put_throughput(data, start)
+
+
+class PretrainTrainer(DefaultTrainer):
+    """DefaultTrainer for pretraining: see the module docstring. ``test`` returns {} (no evaluation)."""
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = resolve_schedule(cfg)
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        step_trainer = PretrainAMPTrainer if cfg.SOLVER.AMP.ENABLED else PretrainSimpleTrainer
+        self._trainer = step_trainer(model, data_loader, optimizer, cfg.OBJPRETRAIN.NONFINITE_LOSS_POLICY)
+
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = AtomicDetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_pretrain_optimizer(cfg, model)
+
+    def _resumable_sampler(self):
+        """The loader's ``ResumableTrainingSampler``, or None for a loader without one (e.g. in tests)."""
+        return getattr(self.data_loader, "resumable_sampler", None)
+
+    def resume_or_load(self, resume=True):
+        """DefaultTrainer's, then the data stream continues at the first sample of ``start_iter``
+        (``start_iter * SOLVER.IMS_PER_BATCH``), with the stream seed the checkpoint recorded."""
+        super().resume_or_load(resume=resume)
+        sampler = self._resumable_sampler()
+        if sampler is not None:
+            sampler.set_start(self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH)
+            if self.start_iter:
+                logger.info("Data stream resumes at sample %d (iteration %d, stream seed %d)",
+                            sampler.start, self.start_iter, sampler.seed)
+
+    def state_dict(self):
+        ret = super().state_dict()
+        sampler = self._resumable_sampler()
+        if sampler is not None:
+            ret["data_stream"] = {"seed": sampler.seed, "ims_per_batch": self.cfg.SOLVER.IMS_PER_BATCH}
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        sampler, stream = self._resumable_sampler(), state_dict.get("data_stream")
+        if sampler is None or stream is None:
+            return
+        if stream["seed"] != sampler.seed:
+            # A run with SEED < 0 draws a new seed at every start; the checkpoint's keeps the stream the same.
+            logger.warning("Data stream seed %d (from cfg.SEED) replaced by the checkpoint's %d, so the resumed run "
+                           "continues the same stream", sampler.seed, stream["seed"])
+            sampler.seed = stream["seed"]
+        if stream["ims_per_batch"] != self.cfg.SOLVER.IMS_PER_BATCH:
+            logger.warning("SOLVER.IMS_PER_BATCH changed from %d to %d since the checkpoint: the resumed data stream "
+                           "starts at iteration x the new batch size", stream["ims_per_batch"],
+                           self.cfg.SOLVER.IMS_PER_BATCH)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        from objpretrain.data.build import build_pretrain_loader
+
+        return build_pretrain_loader(cfg)
+
+    def build_hooks(self):
+        ret = [hooks.IterationTimer(), hooks.LRScheduler()]
+        if hasattr(unwrap_model(self.model), "momentum_update"):
+            # Before the checkpointer, so a checkpoint includes its iteration's target update.
+            ret.append(MomentumTargetHook(self.max_iter))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD))
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=self.cfg.OBJPRETRAIN.LOG_PERIOD))
+        return ret
+
+    def build_writers(self):
+        """Detectron2's console, JSON and TensorBoard writers, each value the median over one log period
+        (OBJPRETRAIN.LOG_PERIOD) rather than over a fixed 20 iterations."""
+        period = self.cfg.OBJPRETRAIN.LOG_PERIOD
+        PathManager.mkdirs(self.cfg.OUTPUT_DIR)
+        return [
+            CommonMetricPrinter(self.max_iter, window_size=period),
+            JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), window_size=period),
+            TensorboardXWriter(self.cfg.OUTPUT_DIR, window_size=period),
+        ]
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Pretraining has no evaluation of its own: the pretrained weights are judged by finetuning."""
+        return {}

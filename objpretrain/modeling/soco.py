@@ -1,0 +1,215 @@
+"""SoCo: object-level BYOL over selective-search proposals with a detector-shaped network (SoCo §3).
+
+Both meta-architectures take the SoCo mapper's dicts (docs/design.md): per image a list of views (uint8 RGB
+3xSxS; V1 first) and, per view, the same K proposals as XYXY boxes in that view's pixels. They return the
+losses of every view pair (V1, Vj), j in {2, 3, 4}, each symmetrized: L + L~ of §3.3, Eq. 5-6.
+"""
+import copy
+from abc import ABCMeta, abstractmethod
+
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling.poolers import ROIPooler
+from detectron2.modeling.roi_heads import Res5ROIHeads, build_box_head
+from detectron2.structures import Boxes, ImageList
+from torch import nn
+
+from .heads import MLPHead
+from .losses import BYOLLoss
+from .scale_aware_pooler import ScaleAwareROIPooler
+
+__all__ = ["SoCo", "SoCoC4", "FPNObjectEncoder", "C4ObjectEncoder", "build_object_pooler"]
+
+
+def build_object_pooler(cfg, input_shapes):
+    """RoIAlign over the feature maps ``input_shapes`` (ShapeSpecs, finest first), with SoCo's scale-aware
+    level assignment (§3.3) when there are several maps and MODEL.SOCO.SCALE_AWARE_ASSIGNMENT is on, and
+    Detectron2's FPN rule (224 px box on P4) otherwise."""
+    soco = cfg.MODEL.SOCO
+    scales = [1.0 / shape.stride for shape in input_shapes]
+    if len(scales) > 1 and soco.SCALE_AWARE_ASSIGNMENT:
+        return ScaleAwareROIPooler(
+            soco.POOLER_RESOLUTION, scales, soco.POOLER_SAMPLING_RATIO, soco.POOLER_TYPE, soco.SCALE_AWARE_THRESHOLDS
+        )
+    return ROIPooler(soco.POOLER_RESOLUTION, scales, soco.POOLER_SAMPLING_RATIO, soco.POOLER_TYPE)
+
+
+class _ObjectEncoder(nn.Module, metaclass=ABCMeta):
+    """Backbone f^I, RoIAlign, head f^H and projector g: boxes of a batch of images -> (M, D) embeddings
+    (SoCo Eq. 1-4). Subclasses build the head under the name Detectron2's detector uses for it."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.backbone = build_backbone(cfg)
+        output_shapes = self.backbone.output_shape()
+        self.in_features = list(cfg.MODEL.SOCO.IN_FEATURES)
+        missing = [f for f in self.in_features if f not in output_shapes]
+        if missing:
+            raise ValueError(
+                f"MODEL.SOCO.IN_FEATURES {self.in_features}: {missing} not produced by the backbone "
+                f"{cfg.MODEL.BACKBONE.NAME} (it gives {sorted(output_shapes)})"
+            )
+        input_shapes = [output_shapes[f] for f in self.in_features]
+        if len({shape.channels for shape in input_shapes}) != 1:
+            raise ValueError(f"MODEL.SOCO.IN_FEATURES {self.in_features} have different channel counts")
+        self.pooler = build_object_pooler(cfg, input_shapes)
+        resolution = cfg.MODEL.SOCO.POOLER_RESOLUTION
+        pooled_shape = ShapeSpec(channels=input_shapes[0].channels, height=resolution, width=resolution)
+        head_dim = self._build_head(cfg, pooled_shape)
+        soco = cfg.MODEL.SOCO
+        self.projector = MLPHead(head_dim, soco.PROJECTOR_HIDDEN_DIM, soco.PROJECTOR_OUT_DIM, soco.HEAD_NORM)
+
+    @abstractmethod
+    def _build_head(self, cfg, pooled_shape):
+        """Creates the head f^H as a child module; returns its output feature size."""
+
+    @abstractmethod
+    def _encode_rois(self, rois):
+        """(M, C, R, R) pooled features -> (M, head_dim) object representations h."""
+
+    def forward(self, images, box_lists):
+        """images: (N, 3, H, W) normalized and padded; box_lists: N ``Boxes``. Returns (sum N_i, D)."""
+        features = self.backbone(images)
+        rois = self.pooler([features[f] for f in self.in_features], box_lists)
+        return self.projector(self._encode_rois(rois))
+
+
+class FPNObjectEncoder(_ObjectEncoder):
+    """SoCo-R50-FPN (§3.3, §4.1): RoIAlign on P2-P5, then the Mask R-CNN box head (``build_box_head``)."""
+
+    def _build_head(self, cfg, pooled_shape):
+        self.box_head = build_box_head(cfg, pooled_shape)
+        out = self.box_head.output_shape
+        return out.channels * (out.height or 1) * (out.width or 1)
+
+    def _encode_rois(self, rois):
+        return torch.flatten(self.box_head(rois), start_dim=1)
+
+
+class C4ObjectEncoder(_ObjectEncoder):
+    """SoCo-R50-C4 (§4.1): RoIAlign on res4, then the whole res5 stage, average-pooled.
+
+    res5 is built by ``Res5ROIHeads._build_res5_block`` so its parameters carry the names of Detectron2's
+    ``roi_heads.res5`` and transfer as they are.
+    """
+
+    def _build_head(self, cfg, pooled_shape):
+        self.res5, out_channels = Res5ROIHeads._build_res5_block(cfg)
+        if pooled_shape.channels != out_channels // 2:
+            raise ValueError(
+                f"res5 expects {out_channels // 2} input channels (RESNETS.RES2_OUT_CHANNELS * 4) but "
+                f"MODEL.SOCO.IN_FEATURES give {pooled_shape.channels}"
+            )
+        return out_channels
+
+    def _encode_rois(self, rois):
+        return self.res5(rois).mean(dim=(2, 3))
+
+
+@META_ARCH_REGISTRY.register()
+class SoCo(nn.Module):
+    """SoCo with R50-FPN (or any FPN backbone): online network + predictor, momentum target network (§3.3).
+
+    Parameter names: ``online_network.{backbone,box_head,projector}``, ``predictor``, ``target_network.*``
+    (the checkpoint converter relies on them, docs/design.md).
+    """
+
+    encoder_class = FPNObjectEncoder
+
+    def __init__(self, cfg):
+        super().__init__()
+        soco = cfg.MODEL.SOCO
+        self.online_network = self.encoder_class(cfg)
+        self.predictor = MLPHead(
+            soco.PROJECTOR_OUT_DIM, soco.PREDICTOR_HIDDEN_DIM, soco.PROJECTOR_OUT_DIM, soco.HEAD_NORM
+        )
+        # The target starts as a copy of the online network and only moves by EMA (§3.3, BYOL).
+        self.target_network = copy.deepcopy(self.online_network).requires_grad_(False)
+        self.momentum_base = soco.MOMENTUM_BASE
+        self.momentum_end = soco.MOMENTUM_END
+        self.loss = BYOLLoss()
+        if len(cfg.MODEL.PIXEL_MEAN) != 3 or len(cfg.MODEL.PIXEL_STD) != 3:
+            raise ValueError("SoCo takes RGB views: MODEL.PIXEL_MEAN and MODEL.PIXEL_STD need 3 values")
+        self.register_buffer("pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1), False)
+
+    @property
+    def device(self):
+        return self.pixel_mean.device
+
+    @torch.no_grad()
+    def momentum_update(self, tau):
+        """target <- tau * target + (1 - tau) * online, for every parameter (BYOL Eq. 1)."""
+        online = list(self.online_network.parameters())
+        target = list(self.target_network.parameters())
+        torch._foreach_lerp_(target, online, 1.0 - tau)
+
+    def forward(self, batched_inputs):
+        """
+        Args:
+            batched_inputs: list of SoCo mapper dicts ("views", "boxes", "view_names", "image_id").
+
+        Returns:
+            dict "loss_v1_<view>" -> scalar, for every view other than V1: the symmetrized BYOL loss between
+            V1 and that view, averaged over the batch's objects. Their sum is L^SoCo (§3.3).
+        """
+        view_names = self._check_inputs(batched_inputs)
+        online_predictions, target_projections = {}, {}
+        for index, name in enumerate(view_names):
+            images, box_lists = self._prepare_view(batched_inputs, index)
+            online_predictions[name] = self.predictor(self.online_network(images, box_lists))
+            with torch.no_grad():
+                target_projections[name] = self.target_network(images, box_lists)
+        return {
+            f"loss_v1_{name}": self.loss(
+                online_predictions["v1"], target_projections[name],
+                online_predictions[name], target_projections["v1"],
+            )
+            for name in view_names
+            if name != "v1"
+        }
+
+    def _prepare_view(self, batched_inputs, index):
+        views = [
+            (x["views"][index].to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
+            for x in batched_inputs
+        ]
+        backbone = self.online_network.backbone
+        images = ImageList.from_tensors(
+            views, backbone.size_divisibility, padding_constraints=backbone.padding_constraints
+        )
+        box_lists = [Boxes(x["boxes"][index].to(self.device, non_blocking=True).float()) for x in batched_inputs]
+        return images.tensor, box_lists
+
+    @staticmethod
+    def _check_inputs(batched_inputs):
+        """The views every image has (the same for the whole batch, V1 among them); raises naming the image."""
+        if not batched_inputs:
+            raise ValueError("SoCo got an empty batch")
+        view_names = list(batched_inputs[0]["view_names"])
+        if "v1" not in view_names or len(view_names) < 2:
+            raise ValueError(f"SoCo needs V1 and at least one other view, got {view_names}")
+        for x in batched_inputs:
+            image = x.get("image_id", x.get("file_name", "?"))
+            if list(x["view_names"]) != view_names:
+                raise ValueError(f"Image {image} has views {x['view_names']}, the batch has {view_names}")
+            if len(x["views"]) != len(view_names) or len(x["boxes"]) != len(view_names):
+                raise ValueError(
+                    f"Image {image}: {len(x['views'])} views and {len(x['boxes'])} box sets for {view_names}"
+                )
+            counts = {tuple(b.shape) for b in x["boxes"]}
+            if len(counts) != 1 or len(next(iter(counts))) != 2 or next(iter(counts))[1] != 4:
+                raise ValueError(
+                    f"Image {image}: box sets of shapes {sorted(counts)}, need the same K x 4 in every view"
+                )
+            if next(iter(counts))[0] == 0:
+                raise ValueError(f"Image {image} has no proposals; the mapper should have skipped it")
+        return view_names
+
+
+@META_ARCH_REGISTRY.register()
+class SoCoC4(SoCo):
+    """SoCo with R50-C4 (§4.1): ``online_network.{backbone,res5,projector}``, for Detectron2's Res5ROIHeads."""
+
+    encoder_class = C4ObjectEncoder

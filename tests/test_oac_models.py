@@ -1,0 +1,297 @@
+"""OAC meta-architectures and losses (objpretrain.modeling.oac, objpretrain.modeling.losses.{infonce,
+dense_contrastive,rotation,localization}) and their transfer through the checkpoint converter."""
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+
+from objpretrain.config import get_pretrain_cfg
+from objpretrain.modeling.losses.dense_contrastive import DenseContrastiveLoss, match_dense_positions
+from objpretrain.modeling.losses.infonce import InfoNCELoss
+from objpretrain.modeling.losses.localization import ObjectLocalizationLoss
+from objpretrain.modeling.losses.rotation import RelativeRotationLoss, rotate_images
+from objpretrain.modeling.oac import KeyQueue, OACBYOL, OACMoCo
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_torch_thread():
+    """The machine's cores are shared by the whole suite; one thread avoids oversubscription stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tiny_cfg(arch="OACMoCo", separate=True, rot=0.0, loc=0.0, depth=18):
+    cfg = get_pretrain_cfg(os.path.join(REPO, "configs", "oac", "Base-OAC-MoCo.yaml"))
+    cfg.MODEL.META_ARCHITECTURE = arch
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.RESNETS.DEPTH = depth
+    if depth < 50:
+        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.OAC.SEPARATE_HEADS = separate
+    cfg.MODEL.OAC.QUEUE_SIZE = 16
+    cfg.MODEL.OAC.HEAD_HIDDEN_DIM = 32
+    cfg.MODEL.OAC.HEAD_OUT_DIM = 8
+    cfg.MODEL.OAC.PREDICTOR_HIDDEN_DIM = 32
+    cfg.MODEL.OAC.PRETEXT_HIDDEN_DIM = 16
+    cfg.MODEL.OAC.LAMBDA_ROT = rot
+    cfg.MODEL.OAC.LAMBDA_LOC = loc
+    if arch == "OACBYOL":
+        cfg.MODEL.OAC.HEAD_NORM = "BN"
+    return cfg
+
+
+def _batch(n=4, grid=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def image():
+        return torch.randint(0, 256, (3, SIZE, SIZE), dtype=torch.uint8, generator=g)
+
+    return [{"view1": image(), "view2": image(), "whole_image": image(), "rotation_label": i % 4,
+             "loc_target": (torch.rand(grid * grid, generator=g) > 0.5).float()} for i in range(n)]
+
+
+# ------------------------------------------------------------------------------------------ losses
+def test_info_nce_hand_example():
+    query = torch.tensor([[1.0, 0.0]])
+    positive = torch.tensor([[1.0, 0.0]])
+    negatives = torch.tensor([[0.0, 1.0], [-1.0, 0.0]])
+    # -log(e^1 / (e^1 + e^0 + e^-1)) at temperature 1.
+    expected = -math.log(math.e / (math.e + 1 + math.exp(-1)))
+    assert InfoNCELoss(1.0)(query, positive, negatives).item() == pytest.approx(expected, rel=1e-6)
+    # Temperature 0.5 doubles every logit.
+    expected = -math.log(math.exp(2) / (math.exp(2) + 1 + math.exp(-2)))
+    assert InfoNCELoss(0.5)(query, positive, negatives).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_dense_positions_match_by_backbone_similarity_and_loss_uses_them():
+    # Two positions; the key view's backbone features are the query's swapped, so position 0 matches key 1.
+    query_backbone = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # (N=1, C=2, S=2): pos0=[1,0], pos1=[0,1]
+    key_backbone = query_backbone.flip(-1)
+    np.testing.assert_array_equal(match_dense_positions(query_backbone, key_backbone).numpy(), [[1, 0]])
+    query_dense = torch.nn.functional.normalize(torch.randn(1, 3, 2), dim=1)
+    key_dense = query_dense.flip(-1)  # matched positives are identical to the queries
+    negatives = torch.nn.functional.normalize(torch.randn(5, 3), dim=1)
+    loss = DenseContrastiveLoss(0.2)(query_dense, key_dense, query_backbone, key_backbone, negatives)
+    # Same as InfoNCE of each position against its own (correctly matched) key.
+    expected = InfoNCELoss(0.2)(query_dense[0].t(), query_dense[0].t(), negatives)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_rotation_matches_the_label_pixel_by_pixel():
+    # An asymmetric 1 x 3 x 3 image: values 0..8 row by row.
+    image = torch.arange(9, dtype=torch.float32).view(1, 1, 3, 3)
+    images = image.repeat(4, 1, 1, 1)
+    rotated = rotate_images(images, (0, 90, 180, 270), torch.tensor([0, 1, 2, 3]))
+    original = image[0, 0]
+    # 0 deg unchanged; 90 deg counter-clockwise: the top row [0, 1, 2] becomes the left column read upwards.
+    torch.testing.assert_close(rotated[0, 0], original)
+    torch.testing.assert_close(rotated[1, 0], torch.tensor([[2.0, 5, 8], [1, 4, 7], [0, 3, 6]]))
+    torch.testing.assert_close(rotated[2, 0], torch.tensor([[8.0, 7, 6], [5, 4, 3], [2, 1, 0]]))
+    torch.testing.assert_close(rotated[3, 0], torch.tensor([[6.0, 3, 0], [7, 4, 1], [8, 5, 2]]))
+    # Another angle set: labels index into it.
+    rotated = rotate_images(images[:2], (180, 0), torch.tensor([1, 0]))
+    torch.testing.assert_close(rotated[0, 0], original)
+    torch.testing.assert_close(rotated[1, 0], torch.tensor([[8.0, 7, 6], [5, 4, 3], [2, 1, 0]]))
+
+
+def test_pretext_losses_are_learnable():
+    """The rotation and localization MLPs fit a feature-determined label (so gradients reach them)."""
+    torch.manual_seed(0)
+    features, scene = torch.randn(32, 6), torch.randn(32, 6)
+    rotation = RelativeRotationLoss(6, 16, 4)
+    labels = features[:, :4].argmax(dim=1)
+    localization = ObjectLocalizationLoss(6, 16, 4)
+    targets = (features[:, :4] > 0).float()
+    optimizer = torch.optim.Adam(list(rotation.parameters()) + list(localization.parameters()), lr=0.02)
+    first = None
+    for _ in range(150):
+        loss = rotation(features, scene, labels) + localization(features, scene, targets)
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.3 * first
+
+
+# ------------------------------------------------------------------------------------------ queue
+def test_queue_enqueue_dequeue_order():
+    queue = KeyQueue(size=5, dim=2)
+    keys = torch.arange(1, 17, dtype=torch.float32).view(8, 2)
+    queue.enqueue(keys[:3])
+    torch.testing.assert_close(queue.keys[:3], keys[:3])
+    assert int(queue.ptr) == 3
+    queue.enqueue(keys[3:6])  # wraps: rows 3, 4, then 0 (the oldest key goes first)
+    torch.testing.assert_close(queue.keys, torch.stack([keys[5], keys[1], keys[2], keys[3], keys[4]]))
+    assert int(queue.ptr) == 1
+    # More keys than slots: the newest 5 survive, where a one-by-one enqueue would have put them.
+    queue.enqueue(torch.arange(100, 114, dtype=torch.float32).view(7, 2))
+    one_by_one = KeyQueue(size=5, dim=2)
+    one_by_one.keys.copy_(torch.stack([keys[5], keys[1], keys[2], keys[3], keys[4]]))
+    one_by_one.ptr.fill_(1)
+    for row in torch.arange(100, 114, dtype=torch.float32).view(7, 2):
+        one_by_one.enqueue(row[None])
+    torch.testing.assert_close(queue.keys, one_by_one.keys)
+    assert int(queue.ptr) == int(one_by_one.ptr) == 3
+
+
+def _enqueue_on_rank(rank, world_size, init_file, result_file):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        queue = KeyQueue(size=6, dim=2)
+        queue.enqueue(torch.full((2, 2), float(rank + 1)))  # rank 0 enqueues 1s, rank 1 enqueues 2s
+        if rank == 0:
+            torch.save({"keys": queue.keys.clone(), "ptr": int(queue.ptr)}, result_file)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_queue_gathers_keys_of_all_processes_in_rank_order(tmp_path):
+    """Two gloo processes (as DDP ranks): each enqueues its own keys and every queue gets both, rank order."""
+    result = tmp_path / "queue.pt"
+    torch.multiprocessing.spawn(_enqueue_on_rank, args=(2, str(tmp_path / "init"), str(result)), nprocs=2)
+    state = torch.load(result)
+    torch.testing.assert_close(state["keys"][:4], torch.tensor([[1.0, 1], [1, 1], [2, 2], [2, 2]]))
+    assert state["ptr"] == 4
+
+
+def test_moco_forward_enqueues_target_keys_only_in_training():
+    torch.manual_seed(0)
+    model = OACMoCo(_tiny_cfg(separate=False))
+    before = model.queues["view2"].keys.clone()
+    model.eval()
+    model(_batch())
+    torch.testing.assert_close(model.queues["view2"].keys, before)
+    model.train()
+    model(_batch())
+    assert int(model.queues["view2"].ptr) == 4
+    assert not torch.allclose(model.queues["view2"].keys[:4], before[:4])
+    torch.testing.assert_close(model.queues["view2"].keys[4:], before[4:])
+    # The enqueued rows are unit-norm keys.
+    torch.testing.assert_close(model.queues["view2"].keys[:4].norm(dim=1), torch.ones(4))
+
+
+# ------------------------------------------------------------------------------------------ models
+@pytest.mark.parametrize("arch", ["OACMoCo", "OACBYOL", "OACDenseCL"])
+def test_per_view_heads_are_separate_parameters(arch):
+    torch.manual_seed(0)
+    model = build_model(_tiny_cfg(arch, separate=True))
+    heads = model.online_network.projector
+    assert set(heads.keys()) == {"view1", "view2"}
+    params1, params2 = list(heads["view1"].parameters()), list(heads["view2"].parameters())
+    assert all(p1 is not p2 and p1.data_ptr() != p2.data_ptr() for p1, p2 in zip(params1, params2))
+    losses = model(_batch())
+    sum(losses.values()).backward()
+    # Both heads are trained (each by its own view), with different gradients.
+    for head in (heads["view1"], heads["view2"]):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    assert not torch.allclose(params1[0].grad, params2[0].grad)
+    shared = build_model(_tiny_cfg(arch, separate=False))
+    assert set(shared.online_network.projector.keys()) == {"shared"}
+
+
+@pytest.mark.parametrize("arch,expected", [
+    ("OACMoCo", {"loss_moco", "loss_rot", "loss_loc"}),
+    ("OACBYOL", {"loss_byol", "loss_rot", "loss_loc"}),
+    ("OACDenseCL", {"loss_global", "loss_dense", "loss_rot", "loss_loc"}),
+])
+def test_forward_returns_finite_losses_and_trains_the_backbone(arch, expected):
+    torch.manual_seed(0)
+    model = build_model(_tiny_cfg(arch, rot=1.0, loc=0.5))
+    model.train()
+    losses = model(_batch())
+    assert set(losses) == expected
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.online_network.backbone.res5[0].conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.target_network.parameters())
+    assert not any(p.requires_grad for p in model.target_network.parameters())
+
+
+def test_lambda_weights_scale_the_pretext_losses():
+    torch.manual_seed(0)
+    model = build_model(_tiny_cfg(rot=1.0, loc=1.0))
+    model.eval()  # BN running stats and no enqueue: two forwards see the same network
+    base = model(_batch())
+    model.lambda_rot, model.lambda_loc = 0.5, 2.0
+    scaled = model(_batch())
+    assert scaled["loss_rot"].item() == pytest.approx(0.5 * base["loss_rot"].item(), rel=1e-5)
+    assert scaled["loss_loc"].item() == pytest.approx(2.0 * base["loss_loc"].item(), rel=1e-5)
+    assert "loss_rot" not in build_model(_tiny_cfg())(_batch())
+
+
+def test_missing_localization_inputs_name_the_key():
+    model = build_model(_tiny_cfg(loc=1.0))
+    batch = [{k: v for k, v in d.items() if k != "whole_image"} for d in _batch()]
+    with pytest.raises(KeyError, match="whole_image"):
+        model(batch)
+
+
+def test_momentum_update_and_target_structure():
+    torch.manual_seed(0)
+    model = OACBYOL(_tiny_cfg("OACBYOL"))
+    assert (model.momentum_base, model.momentum_end) == (0.999, 0.999)
+    # The predictor has no momentum copy; everything else mirrors online_network.
+    target_names = {n for n, _ in model.target_network.named_parameters()}
+    online_names = {n for n, _ in model.online_network.named_parameters()}
+    assert target_names == {n for n in online_names if not n.startswith("predictor.")}
+    with torch.no_grad():
+        for p in model.online_network.parameters():
+            p.add_(1.0)
+    target = model.target_network.backbone.stem.conv1.weight
+    online = model.online_network.backbone.stem.conv1.weight
+    old = target.clone()
+    model.momentum_update(0.75)
+    torch.testing.assert_close(target, 0.75 * old + 0.25 * online)
+    model.momentum_update(0.0)
+    torch.testing.assert_close(target, online)
+
+
+# ------------------------------------------------------------------------------------------ transfer
+def test_converted_oac_checkpoint_loads_into_c4_and_fpn_finetune_configs(tmp_path):
+    from objpretrain.checkpoint import check_against_model, convert_state_dict, save_conversion
+
+    torch.manual_seed(0)
+    cfg = _tiny_cfg("OACMoCo", depth=50, rot=1.0, loc=1.0)
+    model = build_model(cfg)
+    checkpoint = tmp_path / "oac_model.pth"
+    torch.save({"model": model.state_dict(), "iteration": 0}, checkpoint)
+    state = torch.load(checkpoint, weights_only=True)["model"]
+
+    for target, finetune in [("d2-c4", "mask_rcnn_R_50_C4_1x.yaml"), ("d2-fpn", "mask_rcnn_R_50_FPN_1x.yaml")]:
+        conversion = convert_state_dict(state, target)
+        assert not any("projector" in n or "queue" in n for n in conversion.state_dict)
+        ft_cfg = get_pretrain_cfg(os.path.join(REPO, "configs", "finetune", finetune))
+        ft_cfg.MODEL.DEVICE = "cpu"
+        ft_cfg.MODEL.RESNETS.NORM = "BN"
+        for key in ("FPN", "ROI_BOX_HEAD", "ROI_MASK_HEAD"):
+            if "NORM" in ft_cfg.MODEL[key]:
+                ft_cfg.MODEL[key].NORM = "BN" if ft_cfg.MODEL[key].NORM else ""
+        detector = build_model(ft_cfg)
+        check_against_model(conversion, detector.state_dict())  # raises on a missing backbone tensor
+        path = str(tmp_path / f"oac_{target}.pkl")
+        save_conversion(conversion, path)
+        checkpointer = DetectionCheckpointer(detector)
+        # _load_model is what load() runs; it returns the incompatible keys load() only logs.
+        incompatible = checkpointer._load_model(checkpointer._load_file(path))
+        missing = [k for k in incompatible.missing_keys
+                   if k.startswith(("backbone.", "roi_heads.res5.")) and not k.startswith("backbone.fpn")
+                   and not k.startswith("roi_heads.res5.norm")]
+        assert missing == [], f"{finetune}: backbone tensors not loaded: {missing[:5]}"
+        assert not incompatible.incorrect_shapes
+        # The weights really arrived: res2's first conv equals the pretrained one.
+        name = "backbone.bottom_up.res2.0.conv1.weight" if target == "d2-fpn" else "backbone.res2.0.conv1.weight"
+        torch.testing.assert_close(detector.state_dict()[name],
+                                   state["online_network.backbone.res2.0.conv1.weight"])
+        res5 = "backbone.bottom_up.res5.0.conv1.weight" if target == "d2-fpn" else "roi_heads.res5.0.conv1.weight"
+        torch.testing.assert_close(detector.state_dict()[res5], state["online_network.backbone.res5.0.conv1.weight"])

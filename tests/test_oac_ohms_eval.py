@@ -1,0 +1,173 @@
+"""OHMS construction (tools/build_ohms.py, objpretrain.data.datasets.ohms) and the linear probe
+(tools/linear_eval.py): average precision, and an end-to-end run on a tiny synthetic set."""
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import build_model
+from detectron2.structures import BoxMode
+
+from objpretrain.config import get_pretrain_cfg
+from objpretrain.data.datasets.ohms import build_ohms_subset, load_class_descriptions, register_ohms
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def build_ohms():
+    return _load_tool("build_ohms")
+
+
+@pytest.fixture(scope="module")
+def linear_eval():
+    return _load_tool("linear_eval")
+
+
+HEADER = "ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,IsOccluded,IsTruncated,IsGroupOf,IsDepiction,IsInside"
+CAT, DOG, CAR, TREE, BIRD = "/m/cat", "/m/dog", "/m/car", "/m/tree", "/m/bird"
+
+
+def _box_rows():
+    rows = [
+        ("A", CAT), ("A", DOG),
+        ("B", CAT), ("B", DOG), ("B", CAR),
+        ("C", CAT), ("C", CAT),  # one class only
+        ("D", CAR), ("D", TREE),
+        ("E", TREE),
+        ("F", DOG), ("F", BIRD),
+    ]
+    lines = [HEADER] + [f"{image},xclick,{label},1,0.1,0.5,0.2,0.6,0,0,0,0,0" for image, label in rows]
+    lines.append(f"G,xclick,{CAT},1,0.1,0.5,0.2,0.6,0,0,0,0,0")
+    lines.append(f"G,xclick,{DOG},0,0.1,0.5,0.2,0.6,0,0,0,0,0")  # a negative: G has one class
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def openimages_csvs(tmp_path):
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text(_box_rows())
+    no_header = tmp_path / "class-descriptions-boxable.csv"  # OpenImages' own file has no header
+    no_header.write_text(f"{CAT},Cat\n{DOG},Dog\n{CAR},Car\n{TREE},Tree\n{BIRD},Bird\n")
+    with_header = tmp_path / "classes_with_header.csv"
+    with_header.write_text("LabelName,DisplayName\n" + no_header.read_text())
+    return str(boxes), str(no_header), str(with_header)
+
+
+def test_class_descriptions_with_and_without_header(openimages_csvs):
+    _, no_header, with_header = openimages_csvs
+    assert load_class_descriptions(no_header) == load_class_descriptions(with_header)
+    names = load_class_descriptions(with_header)
+    assert names[DOG] == "Dog" and "LabelName" not in names
+
+
+def test_build_ohms_hand_counted(openimages_csvs, tmp_path, build_ohms):
+    boxes, no_header, with_header = openimages_csvs
+    output = str(tmp_path / "ohms.json")
+    build_ohms.main(["--boxes", boxes, "--class-descriptions", no_header, "--output", output,
+                     "--min-images-per-class", "2"])
+    with open(output) as f:
+        subset = json.load(f)
+    # By hand: images with >= 2 classes are A, B, D, F (C, E, G have one; G's dog is a negative). Classes in
+    # >= 2 of them: cat (A, B), dog (A, B, F), car (B, D); tree and bird (1 each) go. Then D keeps only car
+    # and F only dog, so both go; car is left in B alone and goes too. Stable: A and B with cat and dog.
+    assert [c["name"] for c in subset["categories"]] == ["Cat", "Dog"]
+    assert [c["num_images"] for c in subset["categories"]] == [2, 2]
+    assert [i["image_id"] for i in subset["images"]] == ["A", "B"]
+    assert all(i["labels"] == [0, 1] for i in subset["images"])
+    assert [len(i["boxes"]) for i in subset["images"]] == [2, 2]  # B's car box is dropped
+    counts = subset["info"]["counts"]
+    assert counts["images"] == 2 and counts["classes"] == 2 and counts["boxes"] == 4
+    assert counts["input_images"] == 7 and counts["input_classes"] == 5
+    assert counts["negative_rows_skipped"] == 1 and counts["filter_rounds"] == 3
+    # The header variant of the class file gives the same subset.
+    assert build_ohms_subset(boxes, with_header, 2, 2) == subset
+    # Thresholds are options: with 1 image per class, A, B, D, F survive with all 5 classes.
+    loose = build_ohms_subset(boxes, no_header, 2, 1)
+    assert loose["info"]["counts"]["images"] == 4 and loose["info"]["counts"]["classes"] == 5
+
+
+def test_build_ohms_rejects_malformed_csv(tmp_path, openimages_csvs):
+    _, no_header, _ = openimages_csvs
+    bad = tmp_path / "bad.csv"
+    bad.write_text("ImageID,LabelName,XMin\nA,/m/cat,0.1\n")
+    with pytest.raises(ValueError, match="bad.csv.*XMax"):
+        build_ohms_subset(str(bad), no_header)
+
+
+def test_registered_ohms_gives_multilabel_dicts_and_absolute_boxes(openimages_csvs, tmp_path, build_ohms):
+    boxes, no_header, _ = openimages_csvs
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    Image.new("RGB", (200, 100)).save(image_root / "A.jpg")  # B has no file: it gets no size
+    output = str(tmp_path / "ohms_sized.json")
+    build_ohms.main(["--boxes", boxes, "--class-descriptions", no_header, "--output", output,
+                     "--min-images-per-class", "2", "--image-root", str(image_root)])
+    register_ohms("ohms_test_split", output, str(image_root))
+    dicts = DatasetCatalog.get("ohms_test_split")
+    assert [d["labels"] for d in dicts] == [[0, 1], [0, 1]]
+    assert MetadataCatalog.get("ohms_test_split").thing_classes == ["Cat", "Dog"]
+    a, b = dicts
+    assert (a["height"], a["width"]) == (100, 200) and "annotations" not in b
+    # XMin 0.1, XMax 0.5, YMin 0.2, YMax 0.6 of a 200 x 100 image.
+    assert a["annotations"][0]["bbox"] == pytest.approx([20, 20, 100, 60])
+    assert a["annotations"][0]["bbox_mode"] == BoxMode.XYXY_ABS
+
+
+# ------------------------------------------------------------------------------------------ linear probe
+def test_average_precision_hand_examples(linear_eval):
+    # Ranked: + - + -: P@1 = 1 (R 0.5), P@3 = 2/3 (R 1.0): AP = 0.5 * 1 + 0.5 * 2/3.
+    assert linear_eval.average_precision([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0]) == pytest.approx(5 / 6)
+    assert linear_eval.average_precision([0.1, 0.9, 0.3], [1, 0, 0]) == pytest.approx(1 / 3)
+    assert linear_eval.average_precision([0.3, 0.2], [1, 1]) == pytest.approx(1.0)
+    # Ties are one threshold: both examples enter together, precision 1/2.
+    assert linear_eval.average_precision([0.5, 0.5], [1, 0]) == pytest.approx(0.5)
+    assert linear_eval.average_precision([0.5, 0.5, 0.1], [0, 1, 1]) == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3)
+    assert np.isnan(linear_eval.average_precision([0.5, 0.4], [0, 0]))
+    scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.3]])
+    labels = np.array([[1, 0], [0, 0], [1, 0]])  # class 1 has no positive: left out of the mean
+    mean_ap, per_class = linear_eval.mean_average_precision(scores, labels)
+    assert mean_ap == pytest.approx(0.5 * 1 + 0.5 * 2 / 3) and np.isnan(per_class[1])
+    assert linear_eval.top1_accuracy([[0.1, 0.9], [0.8, 0.2]], [1, 1]) == 0.5
+
+
+@pytest.fixture
+def single_torch_thread():
+    """The cores are shared by the whole suite; one thread avoids oversubscription stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_linear_eval_end_to_end_on_cpu(linear_eval, synthetic_coco, tmp_path, single_torch_thread):
+    cfg = get_pretrain_cfg(os.path.join(REPO, "configs", "demo", "oac_moco_r18_demo.yaml"))
+    model = build_model(cfg)
+    weights = str(tmp_path / "model.pth")
+    torch.save({"model": model.state_dict()}, weights)
+    args = ["--config-file", os.path.join(REPO, "configs", "demo", "oac_moco_r18_demo.yaml"), "--weights", weights,
+            "--train-dataset", synthetic_coco["name"], "--test-dataset", synthetic_coco["name"],
+            "--resize", "64", "--crop", "64", "--epochs", "30", "--cache-dir", str(tmp_path / "cache"),
+            "--output", str(tmp_path / "result.json")]
+    result = linear_eval.main(args)
+    assert 0.0 <= result["mAP"] <= 1.0 and result["num_train"] == 8
+    # Features are cached: a second run reads them (and trains the same probe).
+    assert len(os.listdir(tmp_path / "cache")) == 1
+    again = linear_eval.main(args)
+    assert again["mAP"] == pytest.approx(result["mAP"])
+    # Training-set probe on 8 images: the linear layer fits its own training labels.
+    assert result["mAP"] > 0.6
+    with open(tmp_path / "result.json") as f:
+        assert json.load(f)["mAP"] == pytest.approx(result["mAP"])

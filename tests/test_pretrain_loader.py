@@ -1,0 +1,154 @@
+"""The pretraining loader (objpretrain.data.build): dataset dicts with proposals, mapper lookup, batches."""
+import itertools
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from detectron2.data import DatasetCatalog
+from detectron2.structures import BoxMode
+from detectron2.utils.env import seed_all_rng
+
+from objpretrain.config import get_pretrain_cfg
+from objpretrain.data.build import (
+    MAPPER_REGISTRY,
+    build_mapper,
+    build_pretrain_loader,
+    get_pretrain_dataset_dicts,
+)
+
+
+def _write_proposals(path, ids, boxes_per_image=6, image_size=128, seed=0):
+    """A Detectron2 precomputed-proposal pickle with random boxes for ``ids``."""
+    rng = np.random.default_rng(seed)
+    boxes = []
+    for _ in ids:
+        xy = rng.uniform(0, image_size * 0.6, size=(boxes_per_image, 2))
+        wh = rng.uniform(image_size * 0.2, image_size * 0.4, size=(boxes_per_image, 2))
+        boxes.append(np.concatenate([xy, xy + wh], axis=1).astype(np.float32))
+    proposals = {
+        "ids": [str(i) for i in ids],
+        "boxes": boxes,
+        "objectness_logits": [np.zeros(boxes_per_image, np.float32) for _ in ids],
+        "bbox_mode": BoxMode.XYXY_ABS,
+    }
+    with open(path, "wb") as f:
+        pickle.dump(proposals, f)
+    return str(path)
+
+
+@pytest.fixture
+def loader_cfg(synthetic_coco, tmp_path):
+    ids = [d["image_id"] for d in DatasetCatalog.get(synthetic_coco["name"])]
+    cfg = get_pretrain_cfg()
+    cfg.DATASETS.TRAIN = (synthetic_coco["name"],)
+    cfg.DATASETS.PROPOSAL_FILES_TRAIN = (_write_proposals(tmp_path / "proposals.pkl", ids),)
+    cfg.SOLVER.IMS_PER_BATCH = 3
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.SEED = 5
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def single_torch_thread():
+    """As in data-loader workers; see tests/test_soco_mapper.py."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_dataset_dicts_keep_every_image_and_carry_proposals(loader_cfg, synthetic_coco):
+    dicts = get_pretrain_dataset_dicts(loader_cfg)
+    assert len(dicts) == 8
+    for d in dicts:
+        assert d["proposal_boxes"].shape == (6, 4) and d["proposal_bbox_mode"] == BoxMode.XYXY_ABS
+
+
+def test_loader_yields_batches_of_the_configured_size(loader_cfg):
+    loader = build_pretrain_loader(loader_cfg)
+    for batch in itertools.islice(loader, 3):
+        assert len(batch) == 3
+        for sample in batch:
+            assert sample["view_names"] == ["v1", "v2", "v3"]
+            assert [tuple(v.shape) for v in sample["views"]] == [(3, 224, 224), (3, 224, 224), (3, 112, 112)]
+            assert all(tuple(b.shape) == (4, 4) for b in sample["boxes"])
+
+
+def test_loader_with_workers_is_reproducible_from_cfg_seed(loader_cfg):
+    loader_cfg.DATALOADER.NUM_WORKERS = 2
+
+    def first_samples(cfg_seed, process_seed):
+        # The process RNGs differ between runs: only cfg.SEED may fix the shuffle and the augmentations.
+        seed_all_rng(process_seed)
+        loader_cfg.SEED = cfg_seed
+        batches = itertools.islice(build_pretrain_loader(loader_cfg), 2)
+        return [(s["image_id"], s["views"] + s["boxes"]) for batch in batches for s in batch]
+
+    first, again, other = first_samples(5, 0), first_samples(5, 1), first_samples(6, 0)
+    assert [image_id for image_id, _ in first] == [image_id for image_id, _ in again]
+    for (_, tensors_a), (_, tensors_b) in zip(first, again):
+        assert all(torch.equal(a, b) for a, b in zip(tensors_a, tensors_b))
+    assert any(
+        id_a != id_b or not torch.equal(a, b)
+        for (id_a, tensors_a), (id_b, tensors_b) in zip(first, other)
+        for a, b in zip(tensors_a, tensors_b)
+    )
+
+
+def test_proposal_file_missing_dataset_ids_names_the_file(loader_cfg, synthetic_coco, tmp_path):
+    ids = [d["image_id"] for d in DatasetCatalog.get(synthetic_coco["name"])]
+    wrong = _write_proposals(tmp_path / "other_dataset.pkl", [f"img_{i}" for i in ids])
+    loader_cfg.DATASETS.PROPOSAL_FILES_TRAIN = (wrong,)
+    with pytest.raises(ValueError, match="other_dataset.pkl.*no entry for 8 of the 8 images"):
+        get_pretrain_dataset_dicts(loader_cfg)
+    partial = _write_proposals(tmp_path / "partial.pkl", ids[:-1])
+    loader_cfg.DATASETS.PROPOSAL_FILES_TRAIN = (partial,)
+    with pytest.raises(ValueError, match=f"partial.pkl.*no entry for 1 of the 8.*'{ids[-1]}'"):
+        build_pretrain_loader(loader_cfg)
+
+
+def test_one_proposal_file_per_dataset_is_required(loader_cfg):
+    loader_cfg.DATASETS.PROPOSAL_FILES_TRAIN = loader_cfg.DATASETS.PROPOSAL_FILES_TRAIN * 2
+    with pytest.raises(ValueError, match="PROPOSAL_FILES_TRAIN has 2 files for 1 datasets"):
+        get_pretrain_dataset_dicts(loader_cfg)
+
+
+def test_loader_without_proposal_files_uses_the_fallback(loader_cfg):
+    loader_cfg.DATASETS.PROPOSAL_FILES_TRAIN = ()
+    loader_cfg.INPUT.SOCO.FALLBACK = "random"
+    batch = next(iter(build_pretrain_loader(loader_cfg)))
+    assert len(batch) == 3 and all(tuple(b.shape) == (4, 4) for s in batch for b in s["boxes"])
+
+
+def test_mapper_is_looked_up_by_short_or_registered_name(loader_cfg):
+    soco = MAPPER_REGISTRY.get("SoCoMapper")
+    for name in ("soco", "SoCoMapper"):
+        loader_cfg.OBJPRETRAIN.MAPPER = name
+        assert isinstance(build_mapper(loader_cfg), soco)
+    loader_cfg.OBJPRETRAIN.MAPPER = "socco"
+    with pytest.raises(KeyError, match="socco.*soco"):
+        build_mapper(loader_cfg)
+
+
+def test_visualize_views_draws_every_view_with_numbered_boxes(loader_cfg, repo_root, tmp_path):
+    import runpy
+
+    from matplotlib.patches import Rectangle
+    from PIL import Image
+
+    tool = runpy.run_path(f"{repo_root}/tools/visualize_views.py")
+    output = tmp_path / "views.png"
+    opts = ["DATASETS.TRAIN", str(tuple(loader_cfg.DATASETS.TRAIN)),
+            "DATASETS.PROPOSAL_FILES_TRAIN", str(tuple(loader_cfg.DATASETS.PROPOSAL_FILES_TRAIN)),
+            "INPUT.SOCO.V4_SIZE", "192"]
+    assert tool["main"](["--index", "2", "--output", str(output), *opts]) == 0
+    assert Image.open(output).size[0] > Image.open(output).size[1] > 100
+
+    sample = build_mapper(loader_cfg)(get_pretrain_dataset_dicts(loader_cfg)[0])
+    figure = tool["draw_views"](sample)
+    assert len(figure.axes) == 3
+    for axis in figure.axes:
+        assert sum(isinstance(p, Rectangle) for p in axis.patches) == 4
+        assert sorted(t.get_text() for t in axis.texts) == ["0", "1", "2", "3"]

@@ -1,0 +1,257 @@
+"""SoCo meta-architectures: scale-aware RoIAlign, BYOL loss, view pairing, parameter names, EMA update."""
+import math
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes
+from torch import nn
+
+import objpretrain  # noqa: F401  (registers SoCo / SoCoC4)
+from objpretrain.config import get_pretrain_cfg
+from objpretrain.modeling.losses import BYOLLoss, byol_loss
+from objpretrain.modeling.scale_aware_pooler import ScaleAwareROIPooler, assign_boxes_to_scale_bands
+
+DEMO_CONFIG = "configs/demo/soco_r18_fpn_demo.yaml"
+
+# The demo architecture, narrowed further so that a test step takes a fraction of a second on a CPU.
+TINY_OPTS = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.FPN.OUT_CHANNELS", "32",
+    "MODEL.ROI_BOX_HEAD.CONV_DIM", "32",
+    "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
+    "MODEL.SOCO.PROJECTOR_HIDDEN_DIM", "64",
+    "MODEL.SOCO.PROJECTOR_OUT_DIM", "32",
+    "MODEL.SOCO.PREDICTOR_HIDDEN_DIM", "64",
+    "INPUT.SOCO.VIEW_SIZE", "32",
+    "INPUT.SOCO.V3_SIZE", "16",
+]
+
+
+def tiny_cfg(repo_root, *opts, config=DEMO_CONFIG):
+    import os
+
+    return get_pretrain_cfg(os.path.join(repo_root, config), TINY_OPTS + list(opts))
+
+
+def make_soco_batch(num_images=2, num_boxes=3, sizes=(32, 32, 16), names=("v1", "v2", "v3"), seed=0):
+    """Mapper-format dicts with random pixels and random boxes inside each view."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = []
+    for index in range(num_images):
+        views, boxes = [], []
+        for size in sizes:
+            views.append(torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator))
+            corner = torch.rand(num_boxes, 2, generator=generator) * size * 0.5
+            extent = torch.rand(num_boxes, 2, generator=generator) * size * 0.4 + size * 0.1
+            boxes.append(torch.cat([corner, corner + extent], dim=1))
+        batch.append(
+            {"image_id": f"image_{index}", "file_name": f"image_{index}.png", "views": views, "boxes": boxes,
+             "view_names": list(names)}
+        )
+    return batch
+
+
+# ---- scale-aware assignment (SoCo §3.3) ----
+
+def _square(side):
+    return [0.0, 0.0, side, side]
+
+
+def test_scale_bands_put_boxes_just_below_and_above_each_edge_on_the_right_level():
+    sides = [10, 47.9, 48.1, 95.9, 96.1, 191.9, 192.1, 224]
+    levels = assign_boxes_to_scale_bands([Boxes(torch.tensor([_square(s) for s in sides]))], [48, 96, 192])
+    assert levels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]  # P2 P2 P3 P3 P4 P4 P5 P5
+
+
+def test_scale_bands_use_area_not_side_length():
+    # 40 x 80 has area 3200 > 48² = 2304 although its short side is below 48: P3.
+    levels = assign_boxes_to_scale_bands([Boxes(torch.tensor([[0.0, 0.0, 40.0, 80.0]]))], [48, 96, 192])
+    assert levels.tolist() == [1]
+
+
+def test_scale_aware_pooler_reads_each_box_from_its_band_level():
+    pooler = ScaleAwareROIPooler(2, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 0, "ROIAlignV2", [48, 96, 192])
+    # Each level is filled with its own index, so the pooled value says which level a box was read from.
+    features = [torch.full((2, 1, 256 // stride, 256 // stride), float(level))
+                for level, stride in enumerate([4, 8, 16, 32])]
+    boxes = [Boxes(torch.tensor([_square(47.9), _square(95.9)])), Boxes(torch.tensor([_square(96.1), _square(200)]))]
+    pooled = pooler(features, boxes)
+    assert pooled.shape == (4, 1, 2, 2)
+    assert pooled.mean(dim=(1, 2, 3)).tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_scale_aware_pooler_rejects_thresholds_that_do_not_fit_the_levels():
+    with pytest.raises(ValueError, match="SCALE_AWARE_THRESHOLDS"):
+        ScaleAwareROIPooler(7, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 0, "ROIAlignV2", [48, 96])
+    with pytest.raises(ValueError, match="increasing"):
+        ScaleAwareROIPooler(7, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 0, "ROIAlignV2", [96, 48, 192])
+
+
+# ---- BYOL loss (SoCo §3.3, Eq. 5-6) ----
+
+def test_byol_loss_is_zero_for_identical_directions_and_matches_hand_computation():
+    prediction = torch.tensor([[3.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    target = torch.tensor([[1.0, 0.0], [1.0, 1.0], [-2.0, 0.0]])
+    expected = torch.tensor([0.0, 2 - 2 / math.sqrt(2), 4.0])
+    assert torch.allclose(byol_loss(prediction, target), expected, atol=1e-6)
+    assert torch.allclose(byol_loss(target, target), torch.zeros(3), atol=1e-6)
+
+
+def test_symmetrized_loss_averages_each_direction_over_objects_and_stops_target_gradients():
+    pred_a = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    proj_b = torch.tensor([[1.0, 0.0], [1.0, 0.0]], requires_grad=True)
+    pred_b = torch.tensor([[0.0, 1.0], [0.0, 1.0]], requires_grad=True)
+    proj_a = torch.tensor([[0.0, 1.0], [1.0, 1.0]], requires_grad=True)
+    loss = BYOLLoss()(pred_a, proj_b, pred_b, proj_a)
+    # (0 + 2) / 2 + (0 + (2 - sqrt 2)) / 2
+    assert loss.item() == pytest.approx(1 + (2 - math.sqrt(2)) / 2, abs=1e-6)
+    loss.backward()
+    assert proj_a.grad is None and proj_b.grad is None
+    assert pred_a.grad is not None
+
+
+def test_byol_loss_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="differ in shape"):
+        byol_loss(torch.zeros(3, 4), torch.zeros(2, 4))
+
+
+# ---- the SoCo model ----
+
+@pytest.fixture(scope="module")
+def tiny_soco(repo_root):
+    torch.manual_seed(0)
+    return build_model(tiny_cfg(repo_root))
+
+
+def test_soco_returns_one_symmetrized_loss_per_view_paired_with_v1(tiny_soco):
+    losses = tiny_soco(make_soco_batch())
+    assert sorted(losses) == ["loss_v1_v2", "loss_v1_v3"]
+    for value in losses.values():
+        assert value.ndim == 0 and 0 <= value.item() <= 8  # two BYOL terms, each in [0, 4]
+
+
+def test_soco_loss_compares_the_same_object_across_views(tiny_soco):
+    """With the predictor removed and the target equal to the online network (as at initialization), views
+    that are pixel-identical with the same boxes give a zero loss; shuffling the boxes of one view does not."""
+    model = tiny_soco
+    predictor = model.predictor
+    model.predictor = nn.Identity()
+    try:
+        batch = make_soco_batch(sizes=(32, 32), names=("v1", "v2"))
+        for x in batch:
+            x["views"][1] = x["views"][0].clone()
+            x["boxes"][1] = x["boxes"][0].clone()
+        assert model(batch)["loss_v1_v2"].item() == pytest.approx(0.0, abs=1e-4)
+        for x in batch:
+            x["boxes"][1] = x["boxes"][1].roll(1, dims=0)
+        assert model(batch)["loss_v1_v2"].item() > 1e-2
+    finally:
+        model.predictor = predictor
+
+
+def test_soco_loss_equals_hand_computation_from_network_outputs(tiny_soco):
+    model = tiny_soco
+    batch = make_soco_batch(sizes=(32, 16), names=("v1", "v3"), seed=3)
+    losses = model(batch)
+    with torch.no_grad():
+        outputs = {}
+        for index, name in enumerate(["v1", "v3"]):
+            images, boxes = model._prepare_view(batch, index)
+            outputs[name] = (model.predictor(model.online_network(images, boxes)), model.target_network(images, boxes))
+
+    def term(p, z):
+        return (2 - 2 * torch.nn.functional.cosine_similarity(p, z, dim=1)).mean()
+
+    expected = term(outputs["v1"][0], outputs["v3"][1]) + term(outputs["v3"][0], outputs["v1"][1])
+    assert losses["loss_v1_v3"].item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_soco_star_adds_the_v4_pair(tiny_soco):
+    batch = make_soco_batch(sizes=(32, 32, 16, 24), names=("v1", "v2", "v3", "v4"))
+    assert sorted(tiny_soco(batch)) == ["loss_v1_v2", "loss_v1_v3", "loss_v1_v4"]
+
+
+def test_soco_rejects_inconsistent_boxes_naming_the_image(tiny_soco):
+    batch = make_soco_batch()
+    batch[1]["boxes"][1] = batch[1]["boxes"][1][:2]
+    with pytest.raises(ValueError, match="image_1"):
+        tiny_soco(batch)
+    batch = make_soco_batch()
+    batch[1]["view_names"] = ["v1", "v2"]
+    with pytest.raises(ValueError, match="image_1"):
+        tiny_soco(batch)
+
+
+def test_soco_parameter_names_match_detectron2_and_the_target_mirrors_the_online_network(repo_root, tiny_soco):
+    """Names as docs/design.md fixes them, and the demo pretraining model's backbone and box head have exactly
+    the keys and shapes of the demo finetuning detector's (so the converted checkpoint loads completely)."""
+    params = dict(tiny_soco.named_parameters())
+    online = {k[len("online_network."):]: v for k, v in params.items() if k.startswith("online_network.")}
+    target = {k[len("target_network."):]: v for k, v in params.items() if k.startswith("target_network.")}
+    assert set(online) == set(target)
+    assert {k.split(".")[0] for k in online} == {"backbone", "box_head", "projector"}
+    assert {k.split(".")[0] for k in params} == {"online_network", "target_network", "predictor"}
+    assert all(v.requires_grad for v in online.values()) and not any(v.requires_grad for v in target.values())
+
+    fresh = build_model(tiny_cfg(repo_root))
+    assert all(torch.equal(p, dict(fresh.target_network.named_parameters())[k])
+               for k, p in fresh.online_network.named_parameters())
+
+    import os
+
+    soco = build_model(get_pretrain_cfg(os.path.join(repo_root, DEMO_CONFIG)))
+    detector = build_model(get_pretrain_cfg(os.path.join(repo_root, "configs/demo/finetune_trees_r18_fpn.yaml")))
+    d2_state = detector.state_dict()
+    soco_state = soco.online_network.state_dict()
+    renamed = {("roi_heads." + k if k.startswith("box_head.") else k): v for k, v in soco_state.items()
+               if not k.startswith("projector.")}
+    missing = [k for k in renamed if k not in d2_state or d2_state[k].shape != renamed[k].shape]
+    assert not missing, f"SoCo keys with no counterpart in Detectron2's Mask R-CNN: {missing[:5]}"
+    expected = [k for k in d2_state if k.startswith(("backbone.", "roi_heads.box_head."))]
+    assert sorted(renamed) == sorted(expected)
+
+
+def test_momentum_update_moves_every_target_parameter_by_the_ema_formula(repo_root):
+    model = build_model(tiny_cfg(repo_root))
+    with torch.no_grad():
+        for p in model.online_network.parameters():
+            p.add_(torch.randn_like(p))
+    online = {k: p.clone() for k, p in model.online_network.named_parameters()}
+    before = {k: p.clone() for k, p in model.target_network.named_parameters()}
+    model.momentum_update(0.9)
+    for name, p in model.target_network.named_parameters():
+        assert torch.allclose(p, 0.9 * before[name] + 0.1 * online[name], atol=1e-6), name
+    assert model.momentum_base == 0.99 and model.momentum_end == 1.0
+
+
+def test_soco_c4_names_match_res5_roi_heads_and_it_trains(repo_root):
+    cfg = tiny_cfg(repo_root, "MODEL.META_ARCHITECTURE", "SoCoC4", "MODEL.BACKBONE.NAME", "build_resnet_backbone",
+                   "MODEL.RESNETS.OUT_FEATURES", "['res4']", "MODEL.SOCO.IN_FEATURES", "['res4']",
+                   "MODEL.SOCO.POOLER_RESOLUTION", "6", "MODEL.ROI_HEADS.NAME", "Res5ROIHeads",
+                   "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", "6")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert {k.split(".")[0] for k, _ in model.online_network.named_children()} >= {"backbone", "res5", "projector"}
+    detector_cfg = cfg.clone()
+    detector_cfg.merge_from_list(["MODEL.META_ARCHITECTURE", "GeneralizedRCNN"])
+    detector = build_model(detector_cfg)
+    d2_state = detector.state_dict()
+    renamed = {("roi_heads." + k if k.startswith("res5.") else k): v
+               for k, v in model.online_network.state_dict().items() if not k.startswith("projector.")}
+    assert sorted(renamed) == sorted(k for k in d2_state if k.startswith(("backbone.", "roi_heads.res5.")))
+    assert all(d2_state[k].shape == v.shape for k, v in renamed.items())
+
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
+    batch = make_soco_batch(sizes=(32, 32), names=("v1", "v2"))
+    losses = []
+    for _ in range(3):
+        loss = sum(model(batch).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        model.momentum_update(0.99)
+        losses.append(loss.item())
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < losses[0]
+    assert model.online_network.res5[0].conv1.weight.grad.abs().sum() > 0

@@ -1,0 +1,294 @@
+#!/usr/bin/env python
+"""Linear probe on frozen pooled features (OAC §3, Tables 2-4: linear evaluation on OHMS, mAP over classes).
+
+The ResNet of a pretraining checkpoint (``online_network.backbone.*``), of a converted Detectron2 ``.pkl``
+or of a torchvision-layout ``.pth`` (anything ``objpretrain.checkpoint`` reads) is frozen; every image is
+resized (shorter side ``--resize``), centre-cropped (``--crop``), and its res5 map global-average-pooled.
+The features are extracted once and cached (``--cache-dir``), then a linear layer is trained on them:
+
+- multi-label (OHMS: each dict's ``labels``; COCO-style sets: the categories of ``annotations``):
+  binary cross-entropy, reported as mAP over the classes with a positive test image;
+- single-label (a dict's ``label``, else the top folder of its ``image_id``, as in ImageNet-style trees):
+  cross-entropy, reported as top-1 accuracy.
+
+Runs on CPU for small sets. Example:
+    python tools/linear_eval.py --config-file configs/oac/moco_v2_r50_obj_obj_dilate.yaml \\
+        --weights output/oac/moco_v2_r50_obj_obj_dilate/model_final.pth \\
+        --train-dataset ohms_train --test-dataset ohms_val --output output/linear_eval_ohms.json
+"""
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import build_backbone
+
+import objpretrain  # noqa: F401  (registers datasets)
+from objpretrain.checkpoint import convert_state_dict, load_state_dict
+from objpretrain.config import get_pretrain_cfg
+from objpretrain.data.image_io import BadImageError, read_image_rgb
+
+logger = logging.getLogger("linear_eval")
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def average_precision(scores, labels):
+    """Average precision of one class: sum over score thresholds of (R_k - R_{k-1}) * P_k, with tied scores
+    forming one threshold (the definition of scikit-learn's ``average_precision_score``, no interpolation).
+
+    Args:
+        scores: (N,) real scores; labels: (N,) in {0, 1}.
+
+    Returns:
+        AP in [0, 1], or NaN when there is no positive.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    if scores.shape != labels.shape or scores.ndim != 1:
+        raise ValueError(f"scores {scores.shape} and labels {labels.shape} must be equal-length vectors")
+    if labels.sum() == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="mergesort")
+    scores, labels = scores[order], labels[order]
+    true_positives = np.cumsum(labels)
+    false_positives = np.cumsum(1 - labels)
+    # The last index of every run of equal scores: one operating point per distinct threshold.
+    thresholds = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    tp, fp = true_positives[thresholds], false_positives[thresholds]
+    precision = tp / (tp + fp)
+    recall = tp / tp[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def mean_average_precision(scores, labels):
+    """Mean of :func:`average_precision` over the columns (classes) that have a positive; (N, C) inputs."""
+    aps = [average_precision(scores[:, c], labels[:, c]) for c in range(labels.shape[1])]
+    valid = [ap for ap in aps if not np.isnan(ap)]
+    if not valid:
+        raise ValueError("no class has a positive example in the evaluation set")
+    return float(np.mean(valid)), aps
+
+
+def top1_accuracy(scores, labels):
+    return float((np.asarray(scores).argmax(axis=1) == np.asarray(labels)).mean())
+
+
+# ------------------------------------------------------------------------------------------ labels
+def multilabel_targets(dataset_dicts, num_classes):
+    """(N, C) {0, 1}: a dict's ``labels`` or the ``category_id`` of its annotations."""
+    targets = np.zeros((len(dataset_dicts), num_classes), np.float32)
+    for row, d in enumerate(dataset_dicts):
+        labels = d["labels"] if "labels" in d else [a["category_id"] for a in d.get("annotations", [])]
+        for label in labels:
+            if not 0 <= label < num_classes:
+                raise ValueError(f"{d['file_name']}: label {label} outside 0..{num_classes - 1}")
+            targets[row, label] = 1
+    return targets
+
+
+def singlelabel_names(dataset_dicts):
+    """One class name per dict: its ``label``, else the first folder of its ``image_id``."""
+    names = []
+    for d in dataset_dicts:
+        if "label" in d:
+            names.append(str(d["label"]))
+        elif "/" in str(d.get("image_id", "")):
+            names.append(str(d["image_id"]).split("/")[0])
+        else:
+            raise ValueError(f"{d['file_name']}: no 'label' and no class folder in image_id {d.get('image_id')!r}")
+    return names
+
+
+def num_classes_of(dataset_name, dataset_dicts):
+    classes = MetadataCatalog.get(dataset_name).get("thing_classes")
+    if classes:
+        return len(classes)
+    labels = [label for d in dataset_dicts
+              for label in (d["labels"] if "labels" in d else [a["category_id"] for a in d.get("annotations", [])])]
+    if not labels:
+        raise ValueError(f"dataset {dataset_name!r} has no labels or annotations for a multi-label probe")
+    return max(labels) + 1
+
+
+# ------------------------------------------------------------------------------------------ features
+def build_frozen_backbone(cfg, weights):
+    """A Detectron2 ResNet (to res5) with ``weights`` loaded; every backbone tensor must be present."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]
+    backbone = build_backbone(cfg)
+    conversion = convert_state_dict(load_state_dict(weights), "d2-backbone")
+    incompatible = backbone.load_state_dict(conversion.state_dict, strict=False)
+    missing = [k for k in incompatible.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or incompatible.unexpected_keys:
+        raise ValueError(f"{weights}: does not fit the config's ResNet (missing {missing[:5]}, unexpected "
+                         f"{incompatible.unexpected_keys[:5]}); check MODEL.RESNETS.DEPTH / STRIDE_IN_1X1")
+    return backbone.eval().requires_grad_(False)
+
+
+def preprocess(path, resize, crop, mean, std):
+    image, _ = read_image_rgb(path)
+    tensor = torch.from_numpy(np.require(image, requirements="W")).permute(2, 0, 1)
+    tensor = TF.center_crop(TF.resize(tensor, [resize], antialias=True), [crop, crop])
+    return (tensor.float() - mean) / std
+
+
+@torch.no_grad()
+def extract_features(backbone, dataset_dicts, cfg, resize, crop, batch_size, device):
+    """(features (N', C), kept indices): pooled res5 per readable image; unreadable ones are logged, skipped."""
+    mean = torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1)
+    std = torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1)
+    backbone.to(device)
+    features, kept, batch, batch_indices = [], [], [], []
+
+    def flush():
+        if batch:
+            res5 = backbone(torch.stack(batch).to(device))["res5"]
+            features.append(res5.mean(dim=(2, 3)).cpu())
+            kept.extend(batch_indices)
+            batch.clear()
+            batch_indices.clear()
+
+    for index, d in enumerate(dataset_dicts):
+        try:
+            batch.append(preprocess(d["file_name"], resize, crop, mean, std))
+            batch_indices.append(index)
+        except BadImageError as error:
+            logger.warning("skipping %s (%s)", d["file_name"], error.reason)
+            continue
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    if not features:
+        raise ValueError("no readable image in the dataset")
+    skipped = len(dataset_dicts) - len(kept)
+    if skipped:
+        logger.warning("%d of %d images could not be read and were left out", skipped, len(dataset_dicts))
+    return torch.cat(features).numpy(), np.asarray(kept)
+
+
+def cached_features(backbone, dataset_name, dataset_dicts, cfg, args):
+    """Features of ``dataset_name``, read from / written to ``args.cache_dir`` (keyed by weights and sizes)."""
+    cache = None
+    if args.cache_dir:
+        stat = os.stat(args.weights)
+        key = f"{os.path.abspath(args.weights)}|{stat.st_size}|{stat.st_mtime_ns}|{args.resize}|{args.crop}|" \
+              f"{len(dataset_dicts)}|{cfg.MODEL.RESNETS.DEPTH}"
+        digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+        cache = os.path.join(args.cache_dir, f"{dataset_name}_{digest}.npz")
+        if os.path.isfile(cache):
+            logger.info("features of %s from %s", dataset_name, cache)
+            data = np.load(cache)
+            return data["features"], data["kept"]
+    features, kept = extract_features(backbone, dataset_dicts, cfg, args.resize, args.crop, args.batch_size,
+                                      args.device)
+    if cache:
+        os.makedirs(args.cache_dir, exist_ok=True)
+        tmp = cache + ".tmp.npz"
+        np.savez(tmp, features=features, kept=kept)
+        os.replace(tmp, cache)
+    return features, kept
+
+
+# ------------------------------------------------------------------------------------------ probe
+def train_linear_probe(train_x, train_y, multilabel, epochs, lr, weight_decay, batch_size, seed=0):
+    """A linear layer on standardized features; returns a function scoring new features."""
+    torch.manual_seed(seed)
+    mean, std = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
+    x = torch.from_numpy((train_x - mean) / std).float()
+    y = torch.from_numpy(train_y).float() if multilabel else torch.from_numpy(train_y).long()
+    num_outputs = train_y.shape[1] if multilabel else int(train_y.max()) + 1
+    layer = torch.nn.Linear(x.shape[1], num_outputs)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(x)).split(batch_size):
+            logits = layer(x[batch])
+            loss = (F.binary_cross_entropy_with_logits(logits, y[batch]) if multilabel
+                    else F.cross_entropy(logits, y[batch]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+
+    @torch.no_grad()
+    def score(features):
+        return layer(torch.from_numpy((features - mean) / std).float()).numpy()
+
+    return score
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, help="the pretraining config (ResNet depth, pixel mean/std)")
+    parser.add_argument("--weights", required=True, help="pretraining .pth, converted .pkl or torchvision .pth")
+    parser.add_argument("--train-dataset", required=True)
+    parser.add_argument("--test-dataset", required=True)
+    parser.add_argument("--task", choices=("auto", "multilabel", "singlelabel"), default="auto",
+                        help="auto: multi-label when the dicts have 'labels' or 'annotations'")
+    parser.add_argument("--resize", type=int, default=256)
+    parser.add_argument("--crop", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=64, help="feature extraction batch")
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--probe-batch-size", type=int, default=256)
+    parser.add_argument("--cache-dir", help="cache extracted features here")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output", help="write the result as JSON here")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    cfg = get_pretrain_cfg(args.config_file, args.opts)
+    backbone = build_frozen_backbone(cfg, args.weights)
+    dicts = {split: DatasetCatalog.get(name) for split, name in
+             (("train", args.train_dataset), ("test", args.test_dataset))}
+    multilabel = args.task == "multilabel" or (
+        args.task == "auto" and any("labels" in d or "annotations" in d for d in dicts["train"][:100]))
+    features = {}
+    for split, name in (("train", args.train_dataset), ("test", args.test_dataset)):
+        features[split] = cached_features(backbone, name, dicts[split], cfg, args)
+
+    if multilabel:
+        num_classes = num_classes_of(args.train_dataset, dicts["train"])
+        targets = {split: multilabel_targets(dicts[split], num_classes)[features[split][1]] for split in dicts}
+    else:
+        names = {split: singlelabel_names(dicts[split]) for split in dicts}
+        classes = sorted(set(names["train"]))
+        index = {c: i for i, c in enumerate(classes)}
+        unknown = sorted(set(names["test"]) - set(classes))
+        if unknown:
+            raise ValueError(f"test classes absent from the training set: {unknown[:5]}")
+        targets = {split: np.asarray([index[n] for n in names[split]])[features[split][1]] for split in dicts}
+
+    score = train_linear_probe(features["train"][0], targets["train"], multilabel, args.epochs, args.lr,
+                               args.weight_decay, args.probe_batch_size)
+    test_scores = score(features["test"][0])
+    result = {"weights": args.weights, "train_dataset": args.train_dataset, "test_dataset": args.test_dataset,
+              "num_train": len(features["train"][1]), "num_test": len(features["test"][1])}
+    if multilabel:
+        result["mAP"], per_class = mean_average_precision(test_scores, targets["test"])
+        result["AP_per_class"] = [None if np.isnan(ap) else ap for ap in per_class]
+        print(f"linear probe mAP: {100 * result['mAP']:.2f} over {sum(not np.isnan(a) for a in per_class)} classes")
+    else:
+        result["top1"] = top1_accuracy(test_scores, targets["test"])
+        print(f"linear probe top-1: {100 * result['top1']:.2f}")
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

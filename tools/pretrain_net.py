@@ -1,0 +1,49 @@
+#!/usr/bin/env python
+"""Object-level self-supervised pretraining (SoCo, OAC) with Detectron2.
+
+The training logic lives in ``objpretrain.engine.PretrainTrainer``; this script only sets up and launches.
+
+Examples:
+    # the demo, on a CPU
+    python tools/pretrain_net.py --config-file configs/demo/soco_r18_fpn_demo.yaml
+    # SoCo-R50-FPN, 100 epochs, 8 GPUs on each of 2 machines
+    python tools/pretrain_net.py --config-file configs/soco_r50_fpn.yaml --num-gpus 8 \\
+        --num-machines 2 --machine-rank 0 --dist-url tcp://host0:12345
+    # continue after an interruption (from OUTPUT_DIR/last_checkpoint)
+    python tools/pretrain_net.py --config-file configs/soco_r50_fpn.yaml --num-gpus 8 --resume
+"""
+from detectron2.engine import default_argument_parser, default_setup, launch
+
+import objpretrain  # noqa: F401  (registers models, mappers, demo datasets)
+import objpretrain.data.datasets.builtin_pretrain  # noqa: F401  (registers imagenet_train_unlabeled)
+from objpretrain.config import get_pretrain_cfg
+from objpretrain.engine import PretrainTrainer
+
+
+def setup(args):
+    cfg = get_pretrain_cfg(args.config_file, args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    if args.eval_only:
+        raise SystemExit("pretrain_net.py has no evaluation; finetune the converted weights instead")
+    cfg = setup(args)
+    trainer = PretrainTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""Finetunes and evaluates a Detectron2 detector from a converted pretraining checkpoint (docs/transfer.md).
+
+Detectron2's DefaultTrainer, as MoCo's detection/train_net.py, plus: the evaluator follows the test set's
+``evaluator_type`` (COCOEvaluator with bbox, and segm when MASK_ON; PascalVOCDetectionEvaluator), and
+COCO-json sets register from the command line (``--register-coco name:json:image_root``, repeatable) or
+from DATASETS.COCO_JSON_REGISTER. PreciseBN runs where the config enables TEST.PRECISE_BN.
+
+    python tools/train_net.py --config-file configs/finetune/mask_rcnn_R_50_FPN_1x.yaml --num-gpus 8 \
+        MODEL.WEIGHTS output/soco_r50_fpn.pkl
+"""
+import logging
+import os
+
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator, verify_results
+
+import objpretrain  # noqa: F401  (registers Res5ROIHeadsExtraNorm and the datasets)
+from objpretrain.config import add_objpretrain_config
+from objpretrain.data.datasets.coco_json import register_coco_json_from_cfg
+from objpretrain.engine.checkpoint import AtomicDetectionCheckpointer
+
+logger = logging.getLogger("objpretrain.train_net")
+
+
+def build_evaluator(cfg, dataset_name, output_folder=None):
+    """The evaluator of ``dataset_name``'s MetadataCatalog ``evaluator_type``: "coco" or "pascal_voc"."""
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
+    if evaluator_type == "coco":
+        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
+    if evaluator_type == "pascal_voc":
+        return PascalVOCDetectionEvaluator(dataset_name)
+    raise ValueError(
+        f"Dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; train_net evaluates 'coco' and "
+        "'pascal_voc' sets (register other COCO-format sets with --register-coco name:json:image_root)"
+    )
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with crash-safe checkpoints (``AtomicDetectionCheckpointer``: atomic saves, and
+    ``--resume`` falls back to the newest readable checkpoint, see docs/reliability.md)."""
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ makes a plain DetectionCheckpointer just before it builds the hooks, which use it.
+        plain = self.checkpointer
+        self.checkpointer = AtomicDetectionCheckpointer(
+            plain.model, plain.save_dir, save_to_disk=plain.save_to_disk, **plain.checkpointables
+        )
+        return super().build_hooks()
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_objpretrain_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    # Recorded in the config so that the run's saved config.yaml re-registers them.
+    cfg.DATASETS.COCO_JSON_REGISTER = list(cfg.DATASETS.COCO_JSON_REGISTER) + list(args.register_coco)
+    cfg.freeze()
+    register_coco_json_from_cfg(cfg)
+    default_setup(cfg, args)
+    if not cfg.MODEL.WEIGHTS and not args.eval_only:
+        logger.warning("MODEL.WEIGHTS is empty: the detector trains from scratch (the 'Scratch' rows of the "
+                       "papers' tables). Pass the converted checkpoint as MODEL.WEIGHTS path/to/model.pkl.")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        checkpointer = AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = Trainer.test(cfg, model)
+        verify_results(cfg, results)
+        return results
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    trainer.train()
+    # The final evaluation's results (DefaultTrainer keeps them for verify_results; empty without TEST sets).
+    return getattr(trainer, "_last_eval_results", {})
+
+
+def get_parser():
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--register-coco",
+        action="append",
+        default=[],
+        metavar="NAME:JSON:IMAGE_ROOT",
+        help="register a COCO-format dataset under NAME (repeatable); then use it in DATASETS.TRAIN / TEST",
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    args = get_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
