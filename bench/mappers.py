@@ -1,10 +1,18 @@
 #!/usr/bin/env python
 """Per-image time of the pretraining mappers against a naive reference pipeline, measured in the same run.
 
-The reference for SoCo does what a straightforward implementation would: PIL decodes the full-size JPEG,
-then torchvision.transforms.v2 (boxes as ``tv_tensors.BoundingBoxes``) resizes to V1, random-resized-crops V2,
-downsamples V3 and applies BYOL's flip / colour jitter / grayscale / blur / solarize to each view. Our mapper
-decodes at reduced size (JPEG draft), works on 224-px uint8 arrays and blurs with OpenCV.
+The references do what a straightforward implementation would: PIL decodes the full-size JPEG, then
+torchvision.transforms.v2 builds each view.
+
+- SoCo: (boxes as ``tv_tensors.BoundingBoxes``) resize to V1, random-resized-crop V2, downsample V3, then
+  BYOL's flip / colour jitter / grayscale / blur / solarize on each view.
+- OAC (obj-obj+dilate, 224-px views): the same two crop rectangles as our mapper draws (its crop sampler, so
+  the reference differs only in the pixel work), each ``resized_crop`` from the full image, then MoCo-v2's
+  flip / colour jitter / grayscale / blur.
+
+Our mappers decode once at reduced size (JPEG draft), resize with PyTorch's uint8 antialiased kernel, and run
+the colour ops with OpenCV on view-sized uint8 arrays (docs/performance.md). tests/test_performance_equivalence.py
+checks that their views equal these references' (photometric ops off) or match their statistics (ops on).
 
 Both run on one thread (``torch.set_num_threads(1)``), as they do inside data-loader workers, on the same
 synthetic photographs (smooth gradients, shapes and noise, saved as quality-90 JPEGs) with random proposals.
@@ -96,14 +104,62 @@ class NaiveSoCoReference:
         return {"views": [view for view, _ in augmented], "boxes": [boxes for _, boxes in augmented]}
 
 
+def moco_v2_view(oac, size):
+    """MoCo-v2's per-view augmentation (as the OAC mapper's, with a blur kernel of 10% of the view)."""
+    kernel = int(np.ceil(0.1 * size)) // 2 * 2 + 1
+    return v2.Compose([
+        v2.RandomHorizontalFlip(oac.HFLIP_PROB),
+        v2.RandomApply([v2.ColorJitter(*oac.COLOR_JITTER)], p=oac.COLOR_JITTER_PROB),
+        v2.RandomGrayscale(oac.GRAYSCALE_PROB),
+        v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=oac.BLUR_PROB),
+    ])
+
+
+class NaiveOACReference:
+    """OAC's two views (and the whole-image view when the localization loss is on) with PIL full-size decoding
+    and torchvision.transforms.v2 per view; the crop rectangles come from ``OACMapper.sample_crops`` with the
+    same random draws as the mapper, so with the same seed both render the same crops."""
+
+    def __init__(self, cfg):
+        from objpretrain.data.oac_mapper import OACMapper
+
+        self.crops = OACMapper(cfg)
+        self.size = cfg.INPUT.OAC.CROP_SIZE
+        self.augment = moco_v2_view(cfg.INPUT.OAC, self.size)
+
+    def __call__(self, record):
+        image = v2.functional.pil_to_tensor(Image.open(record["file_name"]).convert("RGB"))
+        height, width = image.shape[1:]
+        rng = np.random.default_rng(np.random.randint(0, 2**31 - 1))
+        crops = self.crops.sample_crops(record, height, width, rng)[:2]
+        views = [
+            self.augment(v2.functional.resized_crop(image, y0, x0, y1 - y0, x1 - x0, [self.size, self.size],
+                                                    antialias=True))
+            for x0, y0, x1, y1 in crops
+        ]
+        output = {"view1": views[0], "view2": views[1], "rotation_label": int(rng.integers(self.crops.num_rotations))}
+        if self.crops.with_localization:
+            output["whole_image"] = self.augment(v2.functional.resize(image, [self.size, self.size], antialias=True))
+        return output
+
+
 def soco_cfg():
     return get_pretrain_cfg()
 
 
+def oac_cfg():
+    """The OAC mapper at the paper's view size (224) and crop mode (obj-obj+dilate, δ = 0.1); s_min fixed at
+    COCO's 0.51 (OAC §5) instead of estimated from a dataset."""
+    cfg = get_pretrain_cfg()
+    cfg.OBJPRETRAIN.MAPPER = "oac"
+    cfg.INPUT.OAC.CROP_SCALE_MIN = 0.51
+    return cfg
+
+
 # name -> (config, our mapper's factory, naive reference's factory).
-# OAC: add ("oac": (oac_cfg, build_mapper, NaiveMoCoV2Reference)) once objpretrain.data.oac_mapper exists.
 PIPELINES = {
     "soco": (soco_cfg, build_mapper, NaiveSoCoReference),
+    "oac": (oac_cfg, build_mapper, NaiveOACReference),
 }
 
 

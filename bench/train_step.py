@@ -9,8 +9,17 @@ on CUDA, peak GPU memory.
     # CPU, the demo config with its real loader (needs datasets/demo and a proposal file, or
     # DATASETS.PROPOSAL_FILES_TRAIN "()" to use the mapper's whole-image fallback boxes)
     python bench/train_step.py --config-file configs/demo/soco_r18_fpn_demo.yaml
-    # GPU, SoCo-R50-FPN at batch 64 with AMP, synthetic views (no data loading)
-    python bench/train_step.py --config-file configs/soco_r50_fpn.yaml --device cuda --batch 64 --amp --synthetic
+    # GPU, SoCo-R50-FPN at batch 64 with AMP, synthetic views (no data loading), channels-last, FLOPs and MFU
+    python bench/train_step.py --config-file configs/soco_r50_fpn.yaml --device cuda --batch 64 --amp --synthetic \
+        --channels-last --flops --peak-tflops 989
+    # the OAC demo configs (any OAC config: the synthetic batch follows OBJPRETRAIN.MAPPER)
+    python bench/train_step.py --config-file configs/demo/oac_moco_r18_demo.yaml --synthetic
+
+FLOPs (``--flops``): PyTorch's ``torch.utils.flop_counter.FlopCounterMode`` over one whole training step
+(forward of online and target networks, backward of the online one), so no forward-to-step factor is assumed;
+it counts matmuls and convolutions as 2 FLOPs per multiply-add. (fvcore's ``FlopCountAnalysis`` traces the model
+with ``torch.jit.trace``, under which ``SoCo._check_inputs`` sees tensor-valued shapes and rejects the batch.)
+MFU = step FLOPs / step time / ``--peak-tflops`` (H200 / H100 SXM dense bf16/fp16: 989 TFLOP/s).
 """
 import argparse
 import glob
@@ -49,6 +58,38 @@ def synthetic_soco_batch(cfg, batch_size, seed=0):
     return batch
 
 
+def synthetic_oac_batch(cfg, batch_size, seed=0):
+    """Mapper-format OAC inputs (docs/design.md) with random pixels, sized as the config says."""
+    size, grid = cfg.INPUT.OAC.CROP_SIZE, cfg.INPUT.OAC.LOC_GRID
+    generator = torch.Generator().manual_seed(seed)
+    batch = []
+    for index in range(batch_size):
+        views = {key: torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator)
+                 for key in ("view1", "view2", "whole_image")}
+        record = {"image_id": f"synthetic_{index}", "file_name": "", "view1": views["view1"],
+                  "view2": views["view2"], "rotation_label": index % len(cfg.INPUT.OAC.ROTATIONS)}
+        if cfg.MODEL.OAC.LAMBDA_LOC > 0:
+            record["whole_image"] = views["whole_image"]
+            record["loc_target"] = (torch.rand(grid * grid, generator=generator) < 0.3).float()
+        batch.append(record)
+    return batch
+
+
+def synthetic_batch(cfg, batch_size):
+    return (synthetic_oac_batch if cfg.OBJPRETRAIN.MAPPER == "oac" else synthetic_soco_batch)(cfg, batch_size)
+
+
+def training_step_flops(model, batch, device, amp):
+    """FLOPs of one training step on ``batch`` (forward and backward), by PyTorch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.autocast(device.split(":")[0], dtype=torch.float16, enabled=amp):
+        sum(model(batch).values()).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
 def peak_host_memory_mb():
     """Peak RSS of this process (getrusage) and the sum of the peak RSS (VmHWM) of its live children, the
     data-loader workers (Linux only; 0 elsewhere)."""
@@ -75,6 +116,12 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--amp", action="store_true", help="autocast to float16 with a GradScaler (CUDA only)")
     parser.add_argument("--synthetic", action="store_true", help="random views instead of the data loader")
+    parser.add_argument("--channels-last", action="store_true", help="model weights in channels-last layout")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the online and target backbones")
+    parser.add_argument("--flops", action="store_true", help="count FLOPs (fvcore) and report model FLOPs utilization")
+    parser.add_argument("--peak-tflops", type=float, default=989.0,
+                        help="the device's peak dense TFLOP/s for MFU (H200 / H100 SXM bf16/fp16: 989)")
+    parser.add_argument("--json", help="also append the result line to this file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
     args = parser.parse_args()
 
@@ -86,10 +133,22 @@ def main():
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    step_flops = (
+        training_step_flops(model, synthetic_batch(cfg, cfg.SOLVER.IMS_PER_BATCH), args.device, args.amp)
+        if args.flops else 0
+    )
+    if args.compile:
+        for network in ("online_network", "target_network"):
+            network = getattr(unwrap_model(model), network, None)
+            if network is not None and hasattr(network, "backbone"):
+                network.backbone = torch.compile(network.backbone)
     optimizer = build_pretrain_optimizer(cfg, model)
     scaler = torch.amp.GradScaler(args.device, enabled=args.amp)
+    momentum_update = getattr(unwrap_model(model), "momentum_update", None)
     if args.synthetic:
-        batches = itertools.repeat(synthetic_soco_batch(cfg, cfg.SOLVER.IMS_PER_BATCH))
+        batches = itertools.repeat(synthetic_batch(cfg, cfg.SOLVER.IMS_PER_BATCH))
     else:
         from objpretrain.data.build import build_pretrain_loader
 
@@ -107,7 +166,8 @@ def main():
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        unwrap_model(model).momentum_update(0.99)
+        if momentum_update is not None:
+            momentum_update(0.99)
         if cuda:
             torch.cuda.synchronize()
         done = time.perf_counter()
@@ -122,6 +182,8 @@ def main():
         "device": torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)",
         "batch": cfg.SOLVER.IMS_PER_BATCH,
         "amp": args.amp,
+        "channels_last": args.channels_last,
+        "compile": args.compile,
         "data": "synthetic" if args.synthetic else f"loader, {cfg.DATALOADER.NUM_WORKERS} workers",
         "iters": args.iters,
         "images_per_s": round(cfg.SOLVER.IMS_PER_BATCH / (data_s + step_s), 2),
@@ -133,7 +195,15 @@ def main():
     }
     if cuda:
         result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    if args.flops:
+        step_tflop = step_flops / 1e12
+        result["step_tflop"] = round(step_tflop, 3)
+        result["achieved_tflops"] = round(step_tflop / step_s, 2)
+        result["mfu"] = round(step_tflop / step_s / args.peak_tflops, 4)
     print(json.dumps(result))
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps(result) + "\n")
 
 
 if __name__ == "__main__":

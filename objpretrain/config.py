@@ -202,3 +202,6 @@ def _add_finetune_config(cfg):
     _C.MODEL.ROI_BOX_HEAD.RES5_EXTRA_NORM = True
     # COCO-format datasets registered from the config: list of "name:json_file:image_root".
     _C.DATASETS.COCO_JSON_REGISTER = []
+    # Unlabelled image folders registered from the config: list of "name:root" (image ids = relative paths
+    # without extension, the ids tools/generate_proposals.py --images DIR writes).
+    _C.DATASETS.IMAGE_FOLDER_REGISTER = []

@@ -12,13 +12,12 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.layers import get_norm
 
 from objpretrain.config import get_pretrain_cfg
-from objpretrain.data.datasets import make_synthetic_coco
+from objpretrain.data.datasets import make_synthetic_coco, register_datasets_from_cfg
 from objpretrain.data.datasets.coco_json import (
     _load_mini_coco,
     mini_coco_json,
     parse_coco_json_spec,
     register_coco_json,
-    register_coco_json_from_cfg,
 )
 from objpretrain.modeling.roi_heads import Res5ROIHeadsExtraNorm
 from test_convert import DEMO_FINETUNE, DEMO_PRETRAIN, REPO, load_tool, randomize_norms, save_pretrain_checkpoint
@@ -88,7 +87,7 @@ def test_coco_json_registration(tmp_path):
     spec = f"ft_json_test:{json_path}:{image_root}"
     assert parse_coco_json_spec(spec) == ("ft_json_test", json_path, image_root)
     cfg = get_pretrain_cfg(None, ["DATASETS.COCO_JSON_REGISTER", f"['{spec}']"])
-    assert register_coco_json_from_cfg(cfg) == ["ft_json_test"]
+    assert register_datasets_from_cfg(cfg) == ["ft_json_test"]
     assert register_coco_json(spec) == "ft_json_test"  # the same spec again is a no-op
     assert MetadataCatalog.get("ft_json_test").evaluator_type == "coco"
     assert len(DatasetCatalog.get("ft_json_test")) == 2

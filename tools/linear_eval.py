@@ -34,6 +34,7 @@ from detectron2.modeling import build_backbone
 import objpretrain  # noqa: F401  (registers datasets)
 from objpretrain.checkpoint import convert_state_dict, load_state_dict
 from objpretrain.config import get_pretrain_cfg
+from objpretrain.data.datasets import register_datasets_from_cfg
 from objpretrain.data.image_io import BadImageError, read_image_rgb
 
 logger = logging.getLogger("linear_eval")
@@ -250,6 +251,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     cfg = get_pretrain_cfg(args.config_file, args.opts)
+    register_datasets_from_cfg(cfg)
     backbone = build_frozen_backbone(cfg, args.weights)
     dicts = {split: DatasetCatalog.get(name) for split, name in
              (("train", args.train_dataset), ("test", args.test_dataset))}

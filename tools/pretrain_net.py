@@ -13,17 +13,22 @@ Examples:
     python tools/pretrain_net.py --config-file configs/soco_r50_fpn.yaml --num-gpus 8 --resume
 """
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
-import objpretrain  # noqa: F401  (registers models, mappers, demo datasets)
-import objpretrain.data.datasets.builtin_pretrain  # noqa: F401  (registers imagenet_train_unlabeled)
+import objpretrain  # noqa: F401  (registers models, mappers, demo and paper datasets)
 from objpretrain.config import get_pretrain_cfg
+from objpretrain.data.datasets import register_datasets_from_cfg
 from objpretrain.engine import PretrainTrainer
 
 
 def setup(args):
     cfg = get_pretrain_cfg(args.config_file, args.opts)
+    register_datasets_from_cfg(cfg)
     cfg.freeze()
     default_setup(cfg, args)
+    # default_setup configures the detectron2 and fvcore loggers; ours (skips, resume, fall-backs) too.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="objpretrain", abbrev_name="op")
     return cfg
 
 

@@ -146,7 +146,7 @@ def run_arm(arm, seed, out, data, scale, py):
              "--device", "cpu", "DATASETS.COCO_JSON_REGISTER", f"({register[0]!r}, {register[1]!r})"],
             os.path.join(arm_dir, "linear_probe.log"))
         with open(probe_path) as f:
-            result["linear_probe_map"] = json.load(f)["mAP"]
+            result["linear_probe_map"] = 100.0 * json.load(f)["mAP"]  # in percent, like COCO AP
     finetune_dir = os.path.join(arm_dir, "finetune")
     iters = scale["finetune_iters"]
     result["seconds"]["finetune"] = run(

@@ -16,10 +16,12 @@ from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator, verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import objpretrain  # noqa: F401  (registers Res5ROIHeadsExtraNorm and the datasets)
 from objpretrain.config import add_objpretrain_config
-from objpretrain.data.datasets.coco_json import register_coco_json_from_cfg
+from objpretrain.data.datasets import register_datasets_from_cfg
 from objpretrain.engine.checkpoint import AtomicDetectionCheckpointer
 
 logger = logging.getLogger("objpretrain.train_net")
@@ -65,8 +67,10 @@ def setup(args):
     # Recorded in the config so that the run's saved config.yaml re-registers them.
     cfg.DATASETS.COCO_JSON_REGISTER = list(cfg.DATASETS.COCO_JSON_REGISTER) + list(args.register_coco)
     cfg.freeze()
-    register_coco_json_from_cfg(cfg)
+    register_datasets_from_cfg(cfg)
     default_setup(cfg, args)
+    # default_setup configures the detectron2 and fvcore loggers; ours (skips, resume, fall-backs) too.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="objpretrain", abbrev_name="op")
     if not cfg.MODEL.WEIGHTS and not args.eval_only:
         logger.warning("MODEL.WEIGHTS is empty: the detector trains from scratch (the 'Scratch' rows of the "
                        "papers' tables). Pass the converted checkpoint as MODEL.WEIGHTS path/to/model.pkl.")

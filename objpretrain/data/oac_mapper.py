@@ -178,12 +178,12 @@ class OACMapper:
         image = self.photometric(np.ascontiguousarray(image))
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
-    def _render(self, image, crop, rng):
-        x0, y0, x1, y1 = _to_decoded_pixels(crop, image.shape[:2], self._orig_size)
+    def _render(self, image, orig_size, crop, rng):
+        x0, y0, x1, y1 = _to_decoded_pixels(crop, image.shape[:2], orig_size)
         return self._to_view(self._resize(image[y0:y1, x0:x1]), rng.random() < self.hflip_prob)
 
-    def _render_whole_image(self, image, crop, rng):
-        height, width = self._orig_size
+    def _render_whole_image(self, image, orig_size, crop, rng):
+        height, width = orig_size
         target = localization_target(crop, height, width, self.loc_grid)
         # The localization view is the whole image with all of view 1's augmentations but the crop (§4.2.2);
         # a flip mirrors the patch grid with it.
@@ -222,7 +222,7 @@ class OACMapper:
         rng = np.random.default_rng(np.random.randint(0, 2**31 - 1))
         crop1, crop2, _, _, _ = self.sample_crops(dataset_dict, height, width, rng)
         try:
-            image, self._orig_size = read_image_rgb(
+            image, orig_size = read_image_rgb(
                 file_name, min_scale=self._decode_min_scale((crop1, crop2), height, width)
             )
         except BadImageError as error:
@@ -231,12 +231,12 @@ class OACMapper:
         output = {
             "image_id": str(dataset_dict.get("image_id", "")),
             "file_name": file_name,
-            "view1": self._render(image, crop1, rng),
-            "view2": self._render(image, crop2, rng),
+            "view1": self._render(image, orig_size, crop1, rng),
+            "view2": self._render(image, orig_size, crop2, rng),
             "rotation_label": int(rng.integers(self.num_rotations)),
         }
         if self.with_localization:
-            output["whole_image"], output["loc_target"] = self._render_whole_image(image, crop1, rng)
+            output["whole_image"], output["loc_target"] = self._render_whole_image(image, orig_size, crop1, rng)
         return output
 
 
@@ -245,7 +245,8 @@ def _to_decoded_pixels(crop, decoded_size, orig_size):
     if tuple(decoded_size) == tuple(orig_size):
         return crop
     scale_y, scale_x = decoded_size[0] / orig_size[0], decoded_size[1] / orig_size[1]
-    x0, y0 = int(round(crop[0] * scale_x)), int(round(crop[1] * scale_y))
+    x0 = min(int(round(crop[0] * scale_x)), decoded_size[1] - 1)
+    y0 = min(int(round(crop[1] * scale_y)), decoded_size[0] - 1)
     x1 = min(max(int(round(crop[2] * scale_x)), x0 + 1), decoded_size[1])
     y1 = min(max(int(round(crop[3] * scale_y)), y0 + 1), decoded_size[0])
     return x0, y0, x1, y1

@@ -85,6 +85,13 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         path = os.path.join(self.save_dir, "last_checkpoint")
         atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
 
+    def load(self, path, *args, **kwargs):
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            # DetectionCheckpointer.load resets this only on success; a failed load would fail every later one.
+            self._parsed_url_during_load = None
+
     def _load_file(self, filename):
         try:
             return super()._load_file(filename)

@@ -1,8 +1,8 @@
 """COCO-format detection sets for finetuning: user sets from the command line or the config, and Mini COCO.
 
 ``register_coco_json("name:json_file:image_root")`` registers a user set (Detectron2's
-``register_coco_instances``, evaluated with COCOEvaluator); ``register_coco_json_from_cfg(cfg)`` does so for
-every entry of DATASETS.COCO_JSON_REGISTER. Importing this module registers Mini COCO (SoCo §4.5: 5% and 10%
+``register_coco_instances``, evaluated with COCOEvaluator); ``objpretrain.data.datasets.register_datasets_from_cfg``
+does so for every entry of DATASETS.COCO_JSON_REGISTER. Importing this module registers Mini COCO (SoCo §4.5: 5% and 10%
 of COCO train2017, written by tools/make_mini_coco.py) as ``coco_2017_train_mini5`` and
 ``coco_2017_train_mini10`` under ``$DETECTRON2_DATASETS/coco`` (nothing is read until used). The standard
 COCO and Pascal VOC names (coco_2017_train, voc_2007_trainval, ...) are Detectron2's builtin ones.
@@ -19,7 +19,6 @@ __all__ = [
     "mini_coco_json",
     "parse_coco_json_spec",
     "register_coco_json",
-    "register_coco_json_from_cfg",
     "register_mini_coco",
 ]
 
@@ -57,11 +56,6 @@ def register_coco_json(spec):
     register_coco_instances(name, {}, json_file, image_root)
     logger.info(f"Registered COCO json dataset {name}: {json_file}, images in {image_root}")
     return name
-
-
-def register_coco_json_from_cfg(cfg):
-    """Registers every "name:json_file:image_root" of DATASETS.COCO_JSON_REGISTER; returns the names."""
-    return [register_coco_json(spec) for spec in cfg.DATASETS.COCO_JSON_REGISTER]
 
 
 def mini_coco_json(root, percent):

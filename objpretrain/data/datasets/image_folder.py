@@ -38,6 +38,25 @@ def load_image_folder(root):
 
 
 def register_image_folder(name, root):
-    """Registers every image under ``root`` as an unlabelled dataset named ``name`` (lazily listed)."""
+    """Registers every image under ``root`` as an unlabelled dataset named ``name`` (lazily listed).
+
+    Registering the same name and folder again is a no-op; the same name for another folder is an error.
+    """
+    if name in DatasetCatalog.list():
+        registered = MetadataCatalog.get(name).get("image_root")
+        if registered == root:
+            return name
+        raise ValueError(f"dataset {name!r} is already registered with image folder {registered}, not {root}")
     DatasetCatalog.register(name, lambda: load_image_folder(root))
     MetadataCatalog.get(name).set(image_root=root, evaluator_type="none")
+    return name
+
+
+def register_image_folder_spec(spec):
+    """Registers the folder of a "name:root" entry of DATASETS.IMAGE_FOLDER_REGISTER; returns the name."""
+    name, sep, root = spec.partition(":")
+    if not sep or not name.strip() or not root.strip():
+        raise ValueError(f"DATASETS.IMAGE_FOLDER_REGISTER entry {spec!r}: expected 'name:root'")
+    if not os.path.isdir(root.strip()):
+        raise FileNotFoundError(f"DATASETS.IMAGE_FOLDER_REGISTER entry {spec!r}: {root.strip()} is not a folder")
+    return register_image_folder(name.strip(), root.strip())

@@ -108,8 +108,14 @@ def _map_in_order(tasks, recipe, workers):
             cv2.setNumThreads(threads)
             _worker_state.clear()
         return
-    # fork starts workers in milliseconds; spawn would re-import torch and Detectron2 in each.
-    context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    # Not plain fork: a parent that already ran OpenCV or OpenMP code holds thread-pool state that a forked
+    # child deadlocks on (seen as workers hanging in cv2.setNumThreads). The fork server is a fresh process
+    # that imports this module once and then forks each worker cheaply.
+    if "forkserver" in mp.get_all_start_methods():
+        context = mp.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+    else:
+        context = mp.get_context("spawn")
     with context.Pool(workers, initializer=_init_worker, initargs=(recipe.to_dict(),)) as pool:
         yield from pool.imap(_process_in_worker, tasks, chunksize=1)
 
