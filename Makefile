@@ -21,6 +21,10 @@ demo: setup
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
+# The reproduction study (docs/results.md): about 2 hours on 2 CPU cores; not part of `make test`.
+study: setup
+	$(PY) tools/run_study.py --output output/study
+
 test-fast: setup
 	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
 

@@ -8,7 +8,8 @@
   photographs (all alike, so the cost per image is constant), or the images of a folder (``--images``).
 
 Every run is a subprocess with ``OMP_NUM_THREADS=1`` (one core). Writes ``scaling.json`` and the plots
-``step_vs_batch.png`` and ``proposals_vs_images.png`` to ``--output-dir``.
+``step_vs_batch.png`` and ``proposals_vs_images.png`` to ``--output-dir``, each with the least-squares line
+(fixed cost + cost per image) of its three points.
 
     python bench/scaling.py --output-dir docs/images
 """
@@ -50,6 +51,14 @@ def proposal_time(images, count, out_dir):
     return time.perf_counter() - start
 
 
+def linear_fit(xs, ys):
+    """(intercept, slope) of the least-squares line: fixed cost and cost per image (or per batch element)."""
+    import numpy as np
+
+    slope, intercept = np.polyfit(xs, ys, 1)
+    return round(float(intercept), 4), round(float(slope), 4)
+
+
 def plot(results, out_dir):
     import matplotlib
 
@@ -59,7 +68,9 @@ def plot(results, out_dir):
     figure, axis = plt.subplots(figsize=(5, 3.5))
     for config, points in results["step_vs_batch"].items():
         batches = [p["batch"] for p in points]
-        axis.plot(batches, [p["step_s_per_iter"] for p in points], "o-", label=os.path.basename(config))
+        intercept, slope = results["fits"][config]
+        axis.plot(batches, [p["step_s_per_iter"] for p in points], "o-",
+                  label=f"{os.path.basename(config)}: {intercept:.2f} s + {slope:.3f} s/image")
     axis.set(xlabel="images per step (batch)", ylabel="step time (s), 1 core", xticks=batches,
              title="Training step vs batch size (CPU)")
     axis.legend(fontsize=8)
@@ -69,7 +80,9 @@ def plot(results, out_dir):
     figure, axis = plt.subplots(figsize=(5, 3.5))
     points = results["proposals_vs_images"]
     counts = [p["images"] for p in points]
-    axis.plot(counts, [p["wall_s"] for p in points], "o-")
+    intercept, slope = results["fits"]["proposals"]
+    axis.plot(counts, [p["wall_s"] for p in points], "o-", label=f"{intercept:.1f} s + {slope:.3f} s/image")
+    axis.legend(fontsize=8)
     axis.set(xlabel="images", ylabel="wall time (s), 1 worker", xticks=counts,
              title="Proposal generation vs number of images")
     figure.tight_layout()
@@ -82,7 +95,8 @@ def main():
     parser.add_argument("--batches", nargs="+", type=int, default=[4, 8, 16])
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--images", default="synthetic", help="a folder of images, or 'synthetic'")
-    parser.add_argument("--image-counts", nargs="+", type=int, default=[10, 20, 40])
+    # Large enough that the per-image cost shows over the ~4 s start-up (imports) of the tool.
+    parser.add_argument("--image-counts", nargs="+", type=int, default=[25, 50, 100])
     parser.add_argument("--output-dir", default="docs/images")
     args = parser.parse_args()
     os.makedirs(args.output_dir, exist_ok=True)
@@ -110,6 +124,13 @@ def main():
                                                "s_per_image": round(seconds / count, 3)})
         print(json.dumps(results["proposals_vs_images"][-1]), flush=True)
     shutil.rmtree(work_dir)
+    results["fits"] = {
+        config: linear_fit([p["batch"] for p in points], [p["step_s_per_iter"] for p in points])
+        for config, points in results["step_vs_batch"].items()
+    }
+    points = results["proposals_vs_images"]
+    results["fits"]["proposals"] = linear_fit([p["images"] for p in points], [p["wall_s"] for p in points])
+    print(json.dumps(results["fits"]))
     with open(os.path.join(args.output_dir, "scaling.json"), "w") as f:
         json.dump(results, f, indent=1)
     plot(results, args.output_dir)

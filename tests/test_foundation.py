@@ -132,3 +132,18 @@ def test_demo_tree_tiles_keep_the_source_pixels(demo_data, tmp_path):
     with open(os.path.join(demo_data, "trees", "annotations_train.json")) as f:
         first = json.load(f)["images"][0]
     assert first["file_name"].endswith(".png")
+
+
+def test_import_registers_every_component():
+    from detectron2.data import DatasetCatalog
+    from detectron2.modeling import META_ARCH_REGISTRY, ROI_HEADS_REGISTRY
+
+    import objpretrain  # noqa: F401
+    from objpretrain.data.build import MAPPER_REGISTRY
+
+    assert {"SoCo", "SoCoC4", "OACMoCo", "OACBYOL", "OACDenseCL"} <= set(META_ARCH_REGISTRY._obj_map)
+    assert "Res5ROIHeadsExtraNorm" in ROI_HEADS_REGISTRY._obj_map
+    assert {"SoCoMapper", "OACMapper"} <= set(MAPPER_REGISTRY._obj_map)
+    assert {"demo_unlabeled", "demo_trees_train", "demo_trees_val", "imagenet_train_unlabeled"} <= set(
+        DatasetCatalog.list()
+    )

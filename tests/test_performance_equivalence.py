@@ -147,7 +147,6 @@ PIPELINES = {
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", list(PIPELINES))
 def test_photometric_statistics_match_the_reference(bench, photos, name):
     make_cfg, reference_name, views_of, _ = PIPELINES[name]
@@ -157,7 +156,6 @@ def test_photometric_statistics_match_the_reference(bench, photos, name):
     assert _max_z_score(ours, theirs) <= MAX_Z_SCORE
 
 
-@pytest.mark.slow
 def test_statistics_test_detects_a_missing_op(bench, photos):
     """The z-test above has the power to see a pipeline that lost its colour jitter or its grayscale."""
     cfg = _oac_cfg(bench, photometric=True)

@@ -170,9 +170,10 @@ def test_sigkill_then_resume_skips_a_truncated_last_checkpoint(scenes, uninterru
     still equals the uninterrupted run's."""
     output_dir = tmp_path / "killed"
     _start_and_sigkill(scenes, output_dir, num_workers=0)
-    with open(output_dir / "last_checkpoint") as f:
-        last = f.read()
-    if last == f"model_{CHECKPOINT_PERIOD - 1:07d}.pth":  # killed before the second: write it from the reference
+    saved = sorted(n for n in os.listdir(output_dir) if n.startswith("model_"))
+    tag = output_dir / "last_checkpoint"
+    last = tag.read_text() if tag.exists() else saved[-1]  # no tag: killed between a save and its tag
+    if len(saved) == 1:  # killed before the second checkpoint: take it from the reference run
         last = f"model_{2 * CHECKPOINT_PERIOD - 1:07d}.pth"
         with open(os.path.join(uninterrupted_run, last), "rb") as src, open(output_dir / last, "wb") as dst:
             dst.write(src.read())
@@ -220,6 +221,25 @@ checkpointer.save("model_0000002")
     restored = nn.Linear(3, 3)
     AtomicDetectionCheckpointer(restored, str(tmp_path)).resume_or_load("", resume=True)
     assert torch.equal(restored.weight, expected.weight)
+
+
+def test_resume_without_a_last_checkpoint_tag_uses_the_newest_checkpoint(tmp_path, caplog):
+    """A kill between renaming a new checkpoint into place and tagging it leaves no (or an old) tag."""
+    from torch import nn
+
+    from objpretrain.engine.checkpoint import AtomicDetectionCheckpointer
+
+    model = nn.Linear(2, 2)
+    checkpointer = AtomicDetectionCheckpointer(model, str(tmp_path))
+    checkpointer.save("model_0000001")
+    with torch.no_grad():
+        model.weight.add_(1)
+    checkpointer.save("model_0000003")
+    os.remove(tmp_path / "last_checkpoint")
+    restored = nn.Linear(2, 2)
+    AtomicDetectionCheckpointer(restored, str(tmp_path)).resume_or_load("", resume=True)
+    assert torch.equal(restored.weight, model.weight)
+    assert "last_checkpoint is missing; resuming from the newest checkpoint" in caplog.text
 
 
 def test_resume_with_no_readable_checkpoint_fails_naming_the_folder(tmp_path):

@@ -11,8 +11,9 @@ OpenCV, several times faster than torchvision's tensor ops at this size (OpenCV'
 torchvision's a 2-D convolution: 20x at kernel 23). They compute what torchvision's functional ops compute
 (same formulas, grey weights, reflect padding) to within 2 grey levels, as tests/test_soco_mapper.py checks.
 
-Random draws use NumPy's global RNG, as Detectron2's augmentations do: Detectron2's data loader seeds it in
-every worker (``worker_init_reset_seed``), so a run is reproducible given ``cfg.SEED``.
+Random draws use NumPy's global RNG, as Detectron2's augmentations do. The pretraining loader seeds it for every
+sample from ``cfg.SEED`` and the sample's position in the stream (``objpretrain/data/samplers.py``), so a run,
+and a resumed run, is reproducible whatever the worker count.
 
 BYOL's two views (BYOL Table 6, used by SoCo): ``build_byol_augmentations(cfg.INPUT.SOCO)``. MoCo-v2's view
 (one pipeline for both views)::

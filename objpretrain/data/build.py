@@ -107,6 +107,8 @@ def build_pretrain_loader(cfg):
         cfg.SOLVER.IMS_PER_BATCH,
         aspect_ratio_grouping=False,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
+        # Page-locked batches copy to the GPU asynchronously (the model moves them with non_blocking=True).
+        pin_memory=cfg.MODEL.DEVICE.startswith("cuda"),
     )
     loader.resumable_sampler = sampler
     return loader

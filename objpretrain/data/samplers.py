@@ -104,7 +104,8 @@ class ResumableTrainingSampler(Sampler):
 
 class PositionSeededDataset(torch.utils.data.Dataset):
     """``dataset[(seed, position, index)]``: ``mapper(dataset_dicts[index])`` under
-    :func:`seeded_global_rngs` seeded from ``(seed, position)``; a skipped image (``None``) is replaced by another one (module docstring).
+    :func:`seeded_global_rngs` seeded from ``(seed, position)``; a skipped image (``None``) is replaced by
+    another one (module docstring).
 
     The dicts are serialized as in Detectron2's ``DatasetFromList`` (one buffer shared with the workers), and
     each call gets its own copy, so a mapper may modify it.
@@ -126,8 +127,8 @@ class PositionSeededDataset(torch.utils.data.Dataset):
             if sample is not None:
                 return sample
             replacement = int(np.random.default_rng(seed).integers(len(self._dicts)))
-            logger.warning("Sample position %d: the mapper skipped image %d of the dataset; using image %d instead",
-                           position, index, replacement)
+            logger.warning("Sample position %d: the mapper skipped image %d of the dataset; using image %d "
+                           "instead", position, index, replacement)
             index = replacement
         raise RuntimeError(
             f"The mapper skipped {MAX_SKIPS_PER_SAMPLE + 1} images in a row at sample position {position}; most "

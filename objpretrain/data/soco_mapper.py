@@ -43,7 +43,8 @@ which a jitter shared by all views would not do (it would move the box identical
 applied in the V1 frame before the view's transform; since it is relative to the box size, that equals
 jittering in the view's own frame. Boxes are then clipped to the view.
 
-Random draws use NumPy's global RNG, which Detectron2's loader seeds in each worker from ``cfg.SEED``.
+Random draws use NumPy's global RNG, which the pretraining loader seeds per sample from ``cfg.SEED`` and the
+sample's stream position (``objpretrain/data/samplers.py``).
 
 Speed (bench/mappers.py, docs/performance.md): one decode per image, at reduced size; one resize per view
 (PyTorch's uint8 antialiased kernel, ``image_io.resize_rgb``); every later op works on arrays of at most

@@ -3,9 +3,10 @@
 - Every checkpoint and the ``last_checkpoint`` tag are written to a temporary file in the same folder,
   fsynced and renamed over the target (then the folder is fsynced), so a kill at any moment leaves either the
   previous file or the complete new one, never a truncated file under the real name.
-- ``resume_or_load(..., resume=True)`` loads the checkpoint that ``last_checkpoint`` names; if that file is
-  missing or unreadable (a disk that lost data, a copy that was cut short), it warns naming the bad file and
-  falls back to the newest readable ``model_*.pth`` in the folder.
+- ``resume_or_load(..., resume=True)`` loads the checkpoint that ``last_checkpoint`` names (or the newest
+  ``model_*.pth`` when a kill came between a save and its tag); if that file is missing or unreadable (a disk
+  that lost data, a copy that was cut short), it warns naming the bad file and falls back to the newest
+  readable ``model_*.pth`` in the folder.
 - Read errors name the file (:class:`CheckpointReadError`).
 """
 import logging
@@ -102,11 +103,18 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             ) from error
 
     def resume_or_load(self, path, *, resume=True):
-        if not (resume and self.has_checkpoint() and self._is_local()):
+        saved = _newest_first(os.listdir(self.save_dir)) if self._is_local() and os.path.isdir(self.save_dir) else []
+        if not (resume and self._is_local() and (self.has_checkpoint() or saved)):
             return super().resume_or_load(path, resume=resume)
-        tagged = self.get_checkpoint_file()
-        others = [os.path.join(self.save_dir, n) for n in _newest_first(os.listdir(self.save_dir))]
-        candidates = [tagged] + [p for p in others if os.path.abspath(p) != os.path.abspath(tagged)]
+        saved = [os.path.join(self.save_dir, n) for n in saved]
+        tag_file = os.path.join(self.save_dir, "last_checkpoint")
+        if self.has_checkpoint():
+            tagged = self.get_checkpoint_file()
+        else:
+            # Killed between writing a checkpoint and tagging it: the newest one is the run's last.
+            tagged = saved[0]
+            logger.warning("%s is missing; resuming from the newest checkpoint, %s", tag_file, tagged)
+        candidates = [tagged] + [p for p in saved if os.path.abspath(p) != os.path.abspath(tagged)]
         for candidate in candidates:
             if not os.path.isfile(candidate):
                 logger.warning("Cannot resume from %s: no such file; trying the next newest checkpoint", candidate)
@@ -118,8 +126,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
                 logger.warning("Cannot resume from %s: %s; trying the next newest checkpoint", candidate, error)
                 continue
             if candidate != tagged:
-                logger.warning("Resumed from %s, not from the unreadable %s that %s names",
-                               candidate, tagged, os.path.join(self.save_dir, "last_checkpoint"))
+                logger.warning("Resumed from %s, not from the unreadable %s", candidate, tagged)
             return extra
         raise CheckpointReadError(
             f"Cannot resume: no readable checkpoint in {self.save_dir!r} (tried {candidates}); run without "

@@ -2,8 +2,10 @@
 
 What it adds to DefaultTrainer: epochs converted to iterations from the dataset size and the linear lr
 scaling rule (SoCo §4.1), LARS or SGD, the momentum-target hook for models that have a target network, a
-guard against non-finite losses that names the batch's images, images/s in the metrics, atomic checkpoints,
-and no evaluation. Models return a dict of losses in training (docs/design.md).
+guard against non-finite losses that names the batch's images, images/s in the metrics, atomic checkpoints
+with fall-back to the newest readable one, a resume that continues the exact data stream
+(``objpretrain.data.samplers``), and no evaluation. Models return a dict of losses in training
+(docs/design.md); docs/reliability.md lists the fault cases.
 """
 import logging
 import math
@@ -317,8 +319,10 @@ class PretrainTrainer(DefaultTrainer):
             # Before the checkpointer, so a checkpoint includes its iteration's target update.
             ret.append(MomentumTargetHook(self.max_iter))
         if comm.is_main_process():
-            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD))
+            # The writer before the checkpointer: an iteration whose checkpoint exists has its metrics written,
+            # so a run killed between the two and resumed from that checkpoint leaves no gap in metrics.json.
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=self.cfg.OBJPRETRAIN.LOG_PERIOD))
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD))
         return ret
 
     def build_writers(self):

@@ -198,7 +198,7 @@ class SoCo(nn.Module):
                 raise ValueError(
                     f"Image {image}: {len(x['views'])} views and {len(x['boxes'])} box sets for {view_names}"
                 )
-            counts = {tuple(b.shape) for b in x["boxes"]}
+            counts = {tuple(int(s) for s in b.shape) for b in x["boxes"]}  # ints also when traced (fvcore)
             if len(counts) != 1 or len(next(iter(counts))) != 2 or next(iter(counts))[1] != 4:
                 raise ValueError(
                     f"Image {image}: box sets of shapes {sorted(counts)}, need the same K x 4 in every view"

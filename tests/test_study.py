@@ -1,0 +1,99 @@
+"""The reproduction study's data and its CI-sized smoke run (tools/run_study.py --smoke)."""
+import filecmp
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from objpretrain.data.datasets.scenes import CATEGORIES, make_scene_coco
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_scenes_are_deterministic_multi_object_and_masks_match_boxes(tmp_path):
+    from pycocotools.coco import COCO
+
+    json_a, root_a = make_scene_coco(str(tmp_path / "a"), num_images=6, image_size=96, seed=5)
+    json_b, root_b = make_scene_coco(str(tmp_path / "b"), num_images=6, image_size=96, seed=5)
+    assert filecmp.cmp(json_a, json_b, shallow=False)
+    assert all(filecmp.cmp(os.path.join(root_a, n), os.path.join(root_b, n), shallow=False) for n in os.listdir(root_a))
+
+    coco = COCO(json_a)
+    assert {c["id"] for c in CATEGORIES} == set(coco.getCatIds()) and len(CATEGORIES) == 6
+    for image_id in coco.getImgIds():
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
+        assert len(anns) >= 3, "every scene holds several objects"
+        for ann in anns:
+            x, y, w, h = ann["bbox"]
+            mask = coco.annToMask(ann)
+            ys, xs = np.nonzero(mask)
+            # the mask lies in its box and spans it (up to a rasterised triangle tip)
+            assert x - 1 <= xs.min() <= x + 3 and x + w - 3 <= xs.max() <= x + w + 1
+            assert y - 1 <= ys.min() <= y + 3 and y + h - 3 <= ys.max() <= y + h + 1
+            assert mask.sum() >= 0.4 * w * h
+
+
+def test_scene_texture_not_colour_carries_the_class(tmp_path):
+    """Objects of one class come in many colours, so colour statistics alone cannot name the class."""
+    from pycocotools.coco import COCO
+    from PIL import Image
+
+    json_path, root = make_scene_coco(str(tmp_path), num_images=20, image_size=96, seed=1)
+    coco = COCO(json_path)
+    colours = {}
+    for ann in coco.loadAnns(coco.getAnnIds()):
+        image = np.asarray(Image.open(os.path.join(root, coco.loadImgs(ann["image_id"])[0]["file_name"])))
+        mean = image[coco.annToMask(ann).astype(bool)].mean(axis=0)
+        colours.setdefault(ann["category_id"], []).append(mean)
+    spreads = [np.std(np.array(v), axis=0).mean() for v in colours.values() if len(v) >= 3]
+    assert spreads and min(spreads) > 20
+
+
+def test_datasets_register_from_the_config(tmp_path):
+    from detectron2.data import DatasetCatalog
+
+    from objpretrain.config import get_pretrain_cfg
+    from objpretrain.data.datasets import register_datasets_from_cfg
+
+    json_path, root = make_scene_coco(str(tmp_path), num_images=3, image_size=64, seed=0)
+    cfg = get_pretrain_cfg(opts=[
+        "DATASETS.IMAGE_FOLDER_REGISTER", f"('cfg_folder_test:{root}',)",
+        "DATASETS.COCO_JSON_REGISTER", f"('cfg_coco_test:{json_path}:{root}',)",
+    ])
+    assert register_datasets_from_cfg(cfg) == ["cfg_coco_test", "cfg_folder_test"]
+    assert register_datasets_from_cfg(cfg) == ["cfg_coco_test", "cfg_folder_test"]  # idempotent
+    assert [d["image_id"] for d in DatasetCatalog.get("cfg_folder_test")] == ["000001", "000002", "000003"]
+    assert len(DatasetCatalog.get("cfg_coco_test")) == 3
+
+    other = get_pretrain_cfg(opts=["DATASETS.IMAGE_FOLDER_REGISTER", f"('cfg_folder_test:{tmp_path}',)"])
+    with pytest.raises(ValueError, match="already registered"):
+        register_datasets_from_cfg(other)
+    missing = get_pretrain_cfg(opts=["DATASETS.IMAGE_FOLDER_REGISTER", f"('cfg_missing:{tmp_path / 'nope'}',)"])
+    with pytest.raises(FileNotFoundError, match="nope"):
+        register_datasets_from_cfg(missing)
+    malformed = get_pretrain_cfg(opts=["DATASETS.IMAGE_FOLDER_REGISTER", "('no_colon',)"])
+    with pytest.raises(ValueError, match="name:root"):
+        register_datasets_from_cfg(malformed)
+
+
+@pytest.mark.slow
+def test_study_smoke_run_reports_every_arm(tmp_path):
+    out = tmp_path / "study"
+    subprocess.run([sys.executable, os.path.join(REPO, "tools", "run_study.py"), "--smoke", "--output", str(out)],
+                   check=True, cwd=REPO, capture_output=True, text=True)
+    with open(out / "summary.json") as f:
+        rows = {r["arm"]: r for r in json.load(f)}
+    assert set(rows) == {"random_init", "byol_whole_image", "soco", "moco_scene", "moco_obj_obj_dilate"}
+    for arm, row in rows.items():
+        assert row["seeds"] == 1 and np.isfinite(row["bbox_AP_mean"]), arm
+        assert (row["probe_mAP_mean"] is None) == (arm == "random_init"), arm
+    for name in ("loss_curves.png", "ap_per_arm.png", "results_table.md"):
+        assert (out / name).stat().st_size > 0
+    # a second run reuses every finished arm instead of recomputing it
+    before = (out / "soco_seed0" / "result.json").stat().st_mtime
+    subprocess.run([sys.executable, os.path.join(REPO, "tools", "run_study.py"), "--smoke", "--output", str(out)],
+                   check=True, cwd=REPO, capture_output=True, text=True)
+    assert (out / "soco_seed0" / "result.json").stat().st_mtime == before
