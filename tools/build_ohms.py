@@ -19,10 +19,10 @@ import json
 import logging
 import os
 import sys
-import tempfile
 
 from objpretrain.data.datasets.ohms import build_ohms_subset
 from objpretrain.data.oac_mapper import oriented_image_size
+from objpretrain.utils.atomic_io import atomic_write_json
 
 logger = logging.getLogger("build_ohms")
 
@@ -42,19 +42,6 @@ def add_image_sizes(subset, image_root):
             continue
         image["height"], image["width"] = height, width
     subset["info"]["counts"]["images_without_size"] = missing
-
-
-def write_json_atomically(data, path):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main(argv=None):
@@ -80,7 +67,7 @@ def main(argv=None):
                                args.min_images_per_class, classes=classes)
     if args.image_root:
         add_image_sizes(subset, args.image_root)
-    write_json_atomically(subset, args.output)
+    atomic_write_json(args.output, subset)
     counts = subset["info"]["counts"]
     width = max(len(k) for k in counts)
     print(f"OHMS subset written to {args.output}")

@@ -36,6 +36,7 @@ from objpretrain.checkpoint import convert_state_dict, load_state_dict
 from objpretrain.config import get_pretrain_cfg
 from objpretrain.data.datasets import register_datasets_from_cfg
 from objpretrain.data.image_io import BadImageError, read_image_rgb
+from objpretrain.utils.atomic_io import atomic_write
 
 logger = logging.getLogger("linear_eval")
 
@@ -193,10 +194,7 @@ def cached_features(backbone, dataset_name, dataset_dicts, cfg, args):
     features, kept = extract_features(backbone, dataset_dicts, cfg, args.resize, args.crop, args.batch_size,
                                       args.device)
     if cache:
-        os.makedirs(args.cache_dir, exist_ok=True)
-        tmp = cache + ".tmp.npz"
-        np.savez(tmp, features=features, kept=kept)
-        os.replace(tmp, cache)
+        atomic_write(cache, lambda f: np.savez(f, features=features, kept=kept))
     return features, kept
 
 

@@ -12,11 +12,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 
 from objpretrain.data.datasets.coco_json import MINI_COCO_PERCENTS, mini_coco_json
+from objpretrain.utils.atomic_io import atomic_write_json
 
 
 def make_mini_coco(coco, percent, seed):
@@ -32,19 +32,6 @@ def make_mini_coco(coco, percent, seed):
     subset["images"] = kept_images
     subset["annotations"] = [a for a in coco.get("annotations", []) if a["image_id"] in kept_ids]
     return subset
-
-
-def write_json(data, path):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main(argv=None):
@@ -73,7 +60,7 @@ def main(argv=None):
         subset = make_mini_coco(coco, percent, args.seed)
         tag = int(percent) if float(percent).is_integer() else percent
         output = args.output or mini_coco_json(root, tag)
-        write_json(subset, output)
+        atomic_write_json(output, subset)
         print(f"{output}: {len(subset['images'])} of {len(coco['images'])} images ({percent}%, seed {args.seed}), "
               f"{len(subset['annotations'])} annotations")
     return 0

@@ -45,8 +45,8 @@ def metric_values(metrics_json, key):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", default=os.path.join(REPO, "output", "demo"))
-    parser.add_argument("--pretrain-iters", type=int, default=100)
-    parser.add_argument("--finetune-iters", type=int, default=150)
+    parser.add_argument("--pretrain-iters", type=int, default=300)
+    parser.add_argument("--finetune-iters", type=int, default=400)
     args = parser.parse_args()
     out = os.path.abspath(args.output)
     os.makedirs(out, exist_ok=True)

@@ -28,7 +28,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 from tabulate import tabulate
 
+from ..utils.atomic_io import atomic_write
 from .torchvision_names import TORCHVISION_BACKBONE_ANCHOR, d2_to_torchvision, torchvision_to_d2
 
 __all__ = [
@@ -584,16 +584,7 @@ def save_conversion(conversion, path):
         def write(f):
             torch.save(OrderedDict(conversion.state_dict), f)
 
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, write)
 
 
 def convert_checkpoint(input_path, output_path, target, encoder="online", model_state_dict=None):

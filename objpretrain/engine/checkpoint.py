@@ -12,12 +12,13 @@
 import logging
 import os
 import re
-import tempfile
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["AtomicDetectionCheckpointer", "CheckpointReadError", "atomic_write"]
+from ..utils.atomic_io import atomic_write
+
+__all__ = ["AtomicDetectionCheckpointer", "CheckpointReadError"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,29 +27,6 @@ _CHECKPOINT_NAME = re.compile(r"^model_(\d+|final)\.pth$")
 
 class CheckpointReadError(RuntimeError):
     """A checkpoint file that does not exist or cannot be deserialized; the message names it."""
-
-
-def atomic_write(path, write):
-    """Runs ``write(file)`` on a temporary file next to ``path``, fsyncs it and renames it over ``path``, so
-    a reader (or a resumed run after a crash) sees either the old file or the complete new one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # makes the rename itself durable
-    finally:
-        os.close(dir_fd)
 
 
 def _newest_first(file_names):

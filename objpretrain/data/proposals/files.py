@@ -15,13 +15,13 @@ SoCo JSON (``selective_search/filter_ss_proposals_json.py`` of the official code
 import json
 import os
 import pickle
-import tempfile
 
 import numpy as np
 from detectron2.structures import BoxMode
 
+from ...utils.atomic_io import atomic_write_bytes
+
 __all__ = [
-    "atomic_write_bytes",
     "save_proposal_file",
     "load_proposal_file",
     "export_soco_json",
@@ -34,28 +34,6 @@ __all__ = [
 def rank_logits(num_boxes):
     """Objectness logits of a ranked list: 0 for the best box, -1 for the next, ..."""
     return (-np.arange(num_boxes)).astype(np.float32)
-
-
-def atomic_write_bytes(path, data):
-    """Writes ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new, never a mix."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # makes the rename itself durable
-    finally:
-        os.close(dir_fd)
 
 
 def save_proposal_file(path, ids, boxes, objectness_logits, metadata=None):
