@@ -25,15 +25,6 @@ from objpretrain.data.oac_mapper import OACMapper, estimate_crop_scale_min
 W, H = 128, 96
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """As in data-loader workers (one thread each); see tests/test_soco_mapper.py."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def coordinate_image(tmp_path_factory):
     image = np.zeros((H, W, 3), np.uint8)

@@ -21,15 +21,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """The machine's cores are shared by the whole suite; one thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny_cfg(arch="OACMoCo", separate=True, rot=0.0, loc=0.0, depth=18):
     cfg = get_pretrain_cfg(os.path.join(REPO, "configs", "oac", "Base-OAC-MoCo.yaml"))
     cfg.MODEL.META_ARCHITECTURE = arch

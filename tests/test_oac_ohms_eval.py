@@ -143,16 +143,7 @@ def test_average_precision_hand_examples(linear_eval):
     assert linear_eval.top1_accuracy([[0.1, 0.9], [0.8, 0.2]], [1, 1]) == 0.5
 
 
-@pytest.fixture
-def single_torch_thread():
-    """The cores are shared by the whole suite; one thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_linear_eval_end_to_end_on_cpu(linear_eval, synthetic_coco, tmp_path, single_torch_thread):
+def test_linear_eval_end_to_end_on_cpu(linear_eval, synthetic_coco, tmp_path):
     cfg = get_pretrain_cfg(os.path.join(REPO, "configs", "demo", "oac_moco_r18_demo.yaml"))
     model = build_model(cfg)
     weights = str(tmp_path / "model.pth")

@@ -5,7 +5,6 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
 
 from detectron2.data import DatasetCatalog
 from detectron2.structures import BoxMode
@@ -16,15 +15,6 @@ from objpretrain.data.datasets import register_synthetic_coco
 from objpretrain.engine import PretrainTrainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """The cores are shared by the whole suite; one thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

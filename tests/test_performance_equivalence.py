@@ -27,15 +27,6 @@ MAX_Z_SCORE = 4.0
 STATISTIC_SAMPLES = 192
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """As in data-loader workers (one thread each); see tests/test_soco_mapper.py."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def bench(repo_root):
     return runpy.run_path(f"{repo_root}/bench/mappers.py")

@@ -10,11 +10,11 @@ import pytest
 import torch
 from detectron2.engine import HookBase
 from detectron2.structures import BoxMode
-from PIL import Image
 
 from objpretrain.config import get_pretrain_cfg
 from objpretrain.data.datasets import register_image_folder
 from objpretrain.engine import PretrainTrainer, cosine_momentum
+from rectangle_scenes import write_rectangle_scenes
 from test_soco_model import DEMO_CONFIG, TINY_OPTS, make_soco_batch
 
 
@@ -22,19 +22,8 @@ from test_soco_model import DEMO_CONFIG, TINY_OPTS, make_soco_batch
 def tiny_unlabeled(tmp_path_factory):
     """Six 96x80 images of coloured rectangles on noise, and a Detectron2 proposal pickle with their boxes."""
     root = tmp_path_factory.mktemp("soco_e2e")
-    rng = np.random.RandomState(0)
-    ids, boxes = [], []
-    for index in range(6):
-        image = (rng.rand(80, 96, 3) * 60).astype(np.uint8)
-        rects = []
-        for _ in range(4):
-            x0, y0 = rng.randint(0, 56), rng.randint(0, 40)
-            w, h = rng.randint(16, 40), rng.randint(16, 40)
-            image[y0:y0 + h, x0:x0 + w] = rng.randint(80, 256, 3)
-            rects.append([x0, y0, min(x0 + w, 96), min(y0 + h, 80)])
-        Image.fromarray(image).save(root / f"scene_{index}.png")
-        ids.append(f"scene_{index}")
-        boxes.append(np.asarray(rects, dtype=np.float32))
+    boxes = write_rectangle_scenes(str(root))
+    ids = [f"scene_{index}" for index in range(len(boxes))]
     proposal_file = root / "proposals.pkl"
     with open(proposal_file, "wb") as f:
         pickle.dump({"ids": ids, "boxes": boxes, "objectness_logits": [np.zeros(len(b), np.float32) for b in boxes],

@@ -50,15 +50,6 @@ def loader_cfg(synthetic_coco, tmp_path):
     return cfg
 
 
-@pytest.fixture(autouse=True)
-def single_torch_thread():
-    """As in data-loader workers; see tests/test_soco_mapper.py."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_dataset_dicts_keep_every_image_and_carry_proposals(loader_cfg, synthetic_coco):
     dicts = get_pretrain_dataset_dicts(loader_cfg)
     assert len(dicts) == 8

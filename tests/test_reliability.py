@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 from detectron2.structures import BoxMode
-from PIL import Image
 
 from objpretrain.data.samplers import ResumableTrainingSampler
+from rectangle_scenes import write_rectangle_scenes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(REPO, "configs", "demo", "soco_r18_fpn_demo.yaml")
@@ -35,24 +35,6 @@ TINY_PRETRAIN_OPTS = [
 ]
 
 
-def _write_scene_images(folder, count=6, seed=0):
-    """Coloured rectangles on noise, 96x80; returns their boxes (the proposals)."""
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.RandomState(seed)
-    boxes = []
-    for index in range(count):
-        image = (rng.rand(80, 96, 3) * 60).astype(np.uint8)
-        rects = []
-        for _ in range(4):
-            x0, y0 = rng.randint(0, 56), rng.randint(0, 40)
-            w, h = rng.randint(16, 40), rng.randint(16, 40)
-            image[y0:y0 + h, x0:x0 + w] = rng.randint(80, 256, 3)
-            rects.append([x0, y0, min(x0 + w, 96), min(y0 + h, 80)])
-        Image.fromarray(image).save(os.path.join(folder, f"scene_{index}.png"))
-        boxes.append(np.asarray(rects, dtype=np.float32))
-    return boxes
-
-
 def _write_proposals(path, ids, boxes):
     with open(path, "wb") as f:
         pickle.dump({"ids": list(ids), "boxes": list(boxes),
@@ -65,7 +47,7 @@ def _write_proposals(path, ids, boxes):
 def scenes(tmp_path_factory):
     """A demo root whose ``unlabeled`` folder holds the six scenes, and their proposal file."""
     root = tmp_path_factory.mktemp("reliability_demo")
-    boxes = _write_scene_images(str(root / "unlabeled"))
+    boxes = write_rectangle_scenes(str(root / "unlabeled"))
     return {"root": str(root), "boxes": boxes,
             "proposals": _write_proposals(root / "proposals.pkl", IMAGE_IDS, boxes)}
 
@@ -360,7 +342,7 @@ def bad_scenes(tmp_path_factory):
     outside the image, NaN or of zero size."""
     root = tmp_path_factory.mktemp("bad_demo")
     folder = root / "unlabeled"
-    boxes = _write_scene_images(str(folder))
+    boxes = write_rectangle_scenes(str(folder))
     good = (folder / "scene_5.png").read_bytes()
     (folder / "truncated.png").write_bytes(good[: len(good) // 3])
     (folder / "empty.png").write_bytes(b"")

@@ -37,16 +37,6 @@ def _no_random_appearance(**overrides):
     return _cfg(**settings)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """Mappers run in data-loader workers, which PyTorch limits to one thread; on a busy 2-core machine the
-    main process's thread pool makes these 224-px colour ops a hundred times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def coordinate_image(tmp_path_factory):
     xs = (np.arange(ORIG_W) + 0.5) / ORIG_W
