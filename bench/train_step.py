@@ -17,8 +17,10 @@ on CUDA, peak GPU memory.
 
 FLOPs (``--flops``): PyTorch's ``torch.utils.flop_counter.FlopCounterMode`` over one whole training step
 (forward of online and target networks, backward of the online one), so no forward-to-step factor is assumed;
-it counts matmuls and convolutions as 2 FLOPs per multiply-add. (fvcore's ``FlopCountAnalysis`` traces the model
-with ``torch.jit.trace``, under which ``SoCo._check_inputs`` sees tensor-valued shapes and rejects the batch.)
+it counts matmuls and convolutions as 2 FLOPs per multiply-add. fvcore's ``FlopCountAnalysis`` (which counts one
+multiply-add as one "flop" and sees only the forward) is reported beside it as a cross-check: for SoCo the step
+should be about 4x fvcore's forward count (2 FLOPs per multiply-add; online + target forward, online backward
+~ 2x the online forward).
 MFU = step FLOPs / step time / ``--peak-tflops`` (H200 / H100 SXM dense bf16/fp16: 989 TFLOP/s).
 """
 import argparse
@@ -79,6 +81,16 @@ def synthetic_batch(cfg, batch_size):
     return (synthetic_oac_batch if cfg.OBJPRETRAIN.MAPPER == "oac" else synthetic_soco_batch)(cfg, batch_size)
 
 
+def fvcore_forward_macs(model, batch):
+    """Multiply-adds of one forward pass (online and target networks) on ``batch``, by fvcore's counter."""
+    from fvcore.nn import FlopCountAnalysis
+
+    analysis = FlopCountAnalysis(model, (batch,))
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    return analysis.total()
+
+
 def training_step_flops(model, batch, device, amp):
     """FLOPs of one training step on ``batch`` (forward and backward), by PyTorch's FLOP counter."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -118,7 +130,7 @@ def main():
     parser.add_argument("--synthetic", action="store_true", help="random views instead of the data loader")
     parser.add_argument("--channels-last", action="store_true", help="model weights in channels-last layout")
     parser.add_argument("--compile", action="store_true", help="torch.compile the online and target backbones")
-    parser.add_argument("--flops", action="store_true", help="count FLOPs (fvcore) and report model FLOPs utilization")
+    parser.add_argument("--flops", action="store_true", help="count FLOPs (PyTorch, fvcore as a cross-check) and report model FLOPs utilization")
     parser.add_argument("--peak-tflops", type=float, default=989.0,
                         help="the device's peak dense TFLOP/s for MFU (H200 / H100 SXM bf16/fp16: 989)")
     parser.add_argument("--json", help="also append the result line to this file")
@@ -135,10 +147,11 @@ def main():
     model.train()
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    step_flops = (
-        training_step_flops(model, synthetic_batch(cfg, cfg.SOLVER.IMS_PER_BATCH), args.device, args.amp)
-        if args.flops else 0
-    )
+    step_flops = forward_macs = 0
+    if args.flops:
+        flops_batch = synthetic_batch(cfg, cfg.SOLVER.IMS_PER_BATCH)
+        step_flops = training_step_flops(model, flops_batch, args.device, args.amp)
+        forward_macs = fvcore_forward_macs(model, flops_batch)
     if args.compile:
         for network in ("online_network", "target_network"):
             network = getattr(unwrap_model(model), network, None)
@@ -198,6 +211,7 @@ def main():
     if args.flops:
         step_tflop = step_flops / 1e12
         result["step_tflop"] = round(step_tflop, 3)
+        result["fvcore_forward_gmac"] = round(forward_macs / 1e9, 2)
         result["achieved_tflops"] = round(step_tflop / step_s, 2)
         result["mfu"] = round(step_tflop / step_s / args.peak_tflops, 4)
     print(json.dumps(result))
