@@ -21,6 +21,7 @@ Claims checked (see docs/results.md): SoCo > whole-image BYOL > random init on d
     python tools/run_study.py --output output/study                 # the full study (about 2 h on 2 cores)
     python tools/run_study.py --output output/study --seeds 0       # one seed of it
     python tools/run_study.py --output output/study_smoke --smoke   # one seed, a few iterations per arm
+    python tools/run_study.py --output output/study --summarize-only  # tables and plots of what finished
 """
 import argparse
 import json
@@ -32,7 +33,7 @@ import time
 
 import numpy as np
 
-from objpretrain.utils.atomic_io import atomic_write_json
+from objpretrain.utils.atomic_io import atomic_write_bytes, atomic_write_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -168,29 +169,55 @@ def run_arm(arm, seed, out, data, scale, py):
     return result
 
 
+def _mean_std(values):
+    """Mean and sample standard deviation (0 for a single value) of the finite ``values``; None when empty."""
+    values = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if values.size == 0:
+        return None, None
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
+
+
 def summarize(results, out):
+    """Writes summary.json, results_table.md and the plots for the finished ``results``; returns (rows, table)."""
     rows = []
     for arm in ARMS:
-        arm_results = [r for r in results if r["arm"] == arm]
-        ap = np.array([r["bbox_AP"] for r in arm_results], dtype=float)
-        probe = np.array([r.get("linear_probe_map", np.nan) for r in arm_results], dtype=float)
-        rows.append({"arm": arm, "seeds": len(arm_results), "bbox_AP_mean": float(np.nanmean(ap)),
-                     "bbox_AP_std": float(np.nanstd(ap)), "probe_mAP_mean": float(np.nanmean(probe)) if not np.all(np.isnan(probe)) else None,
-                     "probe_mAP_std": float(np.nanstd(probe)) if not np.all(np.isnan(probe)) else None,
-                     "AP_per_seed": ap.tolist()})
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(rows, f, indent=1)
-    lines = ["| arm | seeds | COCO box AP (mean ± std) | AP per seed | linear-probe mAP (mean ± std) |",
-             "| --- | --- | --- | --- | --- |"]
+        arm_results = sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"])
+        if not arm_results:
+            continue
+        ap = [r["bbox_AP"] for r in arm_results]
+        probe = [r.get("linear_probe_map") for r in arm_results]
+        ap_mean, ap_std = _mean_std(ap)
+        probe_mean, probe_std = _mean_std(probe)
+        rows.append({"arm": arm, "seeds": [r["seed"] for r in arm_results], "bbox_AP_mean": ap_mean,
+                     "bbox_AP_std": ap_std, "AP_per_seed": ap, "probe_mAP_mean": probe_mean,
+                     "probe_mAP_std": probe_std, "probe_mAP_per_seed": probe})
+    atomic_write_json(os.path.join(out, "summary.json"), rows, indent=1)
+    lines = ["| arm | seeds | COCO box AP, mean ± std | AP per seed | linear-probe mAP, mean ± std | mAP per seed |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        probe = "n/a" if r["probe_mAP_mean"] is None else f"{r['probe_mAP_mean']:.1f} ± {r['probe_mAP_std']:.1f}"
-        per_seed = ", ".join(f"{v:.1f}" for v in r["AP_per_seed"])
-        lines.append(f"| {r['arm']} | {r['seeds']} | {r['bbox_AP_mean']:.2f} ± {r['bbox_AP_std']:.2f} | {per_seed} | {probe} |")
+        if r["probe_mAP_mean"] is None:
+            probe, probe_seeds = "n/a", "n/a"
+        else:
+            probe = f"{r['probe_mAP_mean']:.1f} ± {r['probe_mAP_std']:.1f}"
+            probe_seeds = ", ".join(f"{v:.1f}" for v in r["probe_mAP_per_seed"])
+        per_seed = ", ".join(f"{v:.2f}" for v in r["AP_per_seed"])
+        lines.append(f"| {r['arm']} | {len(r['seeds'])} | {r['bbox_AP_mean']:.2f} ± {r['bbox_AP_std']:.2f} | "
+                     f"{per_seed} | {probe} | {probe_seeds} |")
     table = "\n".join(lines)
-    with open(os.path.join(out, "results_table.md"), "w") as f:
-        f.write(table + "\n")
+    atomic_write_bytes(os.path.join(out, "results_table.md"), (table + "\n").encode())
     _plot(results, rows, out)
     return rows, table
+
+
+def finished_results(out):
+    """The result.json of every arm and seed that finished under ``out``."""
+    results = []
+    for name in sorted(os.listdir(out)):
+        path = os.path.join(out, name, "result.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                results.append(json.load(f))
+    return results
 
 
 def _plot(results, rows, out):
@@ -231,6 +258,8 @@ def main(argv=None):
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--pretrain-iters", type=int)
     parser.add_argument("--finetune-iters", type=int)
+    parser.add_argument("--summarize-only", action="store_true",
+                        help="tabulate and plot the arms and seeds that finished under --output, run nothing")
     args = parser.parse_args(argv)
     scale = dict(SCALES["smoke" if args.smoke else "full"])
     if args.seeds:
@@ -240,6 +269,10 @@ def main(argv=None):
     if args.finetune_iters:
         scale["finetune_iters"] = args.finetune_iters
     out = os.path.abspath(args.output)
+    if args.summarize_only:
+        rows, table = summarize(finished_results(out), out)
+        print(table)
+        return rows
     os.makedirs(out, exist_ok=True)
     py = sys.executable
     start = time.time()
@@ -255,8 +288,8 @@ def main(argv=None):
             results.append(run_arm(arm, seed, out, data, scale, py))
     rows, table = summarize(results, out)
     wall = time.time() - start
-    with open(os.path.join(out, "study_info.json"), "w") as f:
-        json.dump({"scale": scale, "arms": args.arms, "wall_seconds": wall}, f, indent=1)
+    atomic_write_json(os.path.join(out, "study_info.json"),
+                      {"scale": scale, "arms": args.arms, "wall_seconds": wall}, indent=1)
     print(table)
     print(f"study finished in {wall / 60:.1f} min; results in {out}")
     return rows
