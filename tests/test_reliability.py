@@ -219,9 +219,14 @@ def test_resume_without_a_last_checkpoint_tag_uses_the_newest_checkpoint(tmp_pat
     checkpointer.save("model_0000003")
     os.remove(tmp_path / "last_checkpoint")
     restored = nn.Linear(2, 2)
-    AtomicDetectionCheckpointer(restored, str(tmp_path)).resume_or_load("", resume=True)
+    resumer = AtomicDetectionCheckpointer(restored, str(tmp_path))
+    resumer.resume_or_load("", resume=True)
     assert torch.equal(restored.weight, model.weight)
     assert "last_checkpoint is missing; resuming from the newest checkpoint" in caplog.text
+    # DefaultTrainer.resume_or_load continues the iteration count only when this answers True afterwards;
+    # answering False would train the loaded weights again from iteration 0.
+    assert resumer.has_checkpoint()
+    assert not AtomicDetectionCheckpointer(nn.Linear(2, 2), str(tmp_path / "empty")).has_checkpoint()
 
 
 def test_resume_with_no_readable_checkpoint_fails_naming_the_folder(tmp_path):

@@ -45,6 +45,18 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
     def _is_local(self):
         return "://" not in self.save_dir
 
+    def _saved_checkpoints(self):
+        """Paths of the ``model_*.pth`` files in the save folder, the newest first."""
+        if not (self._is_local() and os.path.isdir(self.save_dir)):
+            return []
+        return [os.path.join(self.save_dir, n) for n in _newest_first(os.listdir(self.save_dir))]
+
+    def has_checkpoint(self):
+        """True when there is something to resume from: the ``last_checkpoint`` tag, or a saved ``model_*.pth``
+        (a kill between a save and its tag). DefaultTrainer.resume_or_load asks this again after loading to
+        decide whether to continue the iteration count, so both cases must answer True."""
+        return super().has_checkpoint() or bool(self._saved_checkpoints())
+
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk or not self._is_local():
             return super().save(name, **kwargs)
@@ -81,12 +93,11 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             ) from error
 
     def resume_or_load(self, path, *, resume=True):
-        saved = _newest_first(os.listdir(self.save_dir)) if self._is_local() and os.path.isdir(self.save_dir) else []
-        if not (resume and self._is_local() and (self.has_checkpoint() or saved)):
+        if not (resume and self._is_local() and self.has_checkpoint()):
             return super().resume_or_load(path, resume=resume)
-        saved = [os.path.join(self.save_dir, n) for n in saved]
+        saved = self._saved_checkpoints()
         tag_file = os.path.join(self.save_dir, "last_checkpoint")
-        if self.has_checkpoint():
+        if super().has_checkpoint():
             tagged = self.get_checkpoint_file()
         else:
             # Killed between writing a checkpoint and tagging it: the newest one is the run's last.
