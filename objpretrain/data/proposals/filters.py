@@ -53,6 +53,16 @@ def pairwise_iou(boxes1, boxes2):
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
+def _within(values, low, high):
+    """Mask of ``values`` inside ``[low, high]``; a bound that is None is open."""
+    keep = np.ones(len(values), dtype=bool)
+    if low is not None:
+        keep &= values >= low
+    if high is not None:
+        keep &= values <= high
+    return keep
+
+
 def _dedup_keep_mask(boxes, iou_threshold):
     keep = np.ones(len(boxes), dtype=bool)
     for i in range(len(boxes)):
@@ -99,22 +109,11 @@ def filter_proposals(boxes, scores, image_size, settings):
     if settings.min_side is not None:
         apply("min_side", np.minimum(widths(), heights()) >= settings.min_side)
     if settings.min_aspect_ratio is not None or settings.max_aspect_ratio is not None:
-        ratio = widths() / heights()
-        keep = np.ones(len(boxes), dtype=bool)
-        if settings.min_aspect_ratio is not None:
-            keep &= ratio >= settings.min_aspect_ratio
-        if settings.max_aspect_ratio is not None:
-            keep &= ratio <= settings.max_aspect_ratio
-        apply("aspect_ratio", keep)
+        apply("aspect_ratio", _within(widths() / heights(), settings.min_aspect_ratio, settings.max_aspect_ratio))
     if settings.min_size_ratio is not None or settings.max_size_ratio is not None:
         height, width = image_size
         size_ratio = np.sqrt(widths() * heights()) / np.sqrt(float(width) * float(height))
-        keep = np.ones(len(boxes), dtype=bool)
-        if settings.min_size_ratio is not None:
-            keep &= size_ratio >= settings.min_size_ratio
-        if settings.max_size_ratio is not None:
-            keep &= size_ratio <= settings.max_size_ratio
-        apply("size", keep)
+        apply("size", _within(size_ratio, settings.min_size_ratio, settings.max_size_ratio))
     if settings.dedup_iou is not None:
         apply("duplicate", _dedup_keep_mask(boxes, settings.dedup_iou))
     if settings.top_n is not None:
