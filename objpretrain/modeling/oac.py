@@ -25,6 +25,7 @@ from detectron2.utils import comm
 from torch import nn
 
 from .heads import MLPHead
+from .momentum_model import MomentumTargetModel
 from .losses.byol import BYOLLoss
 from .losses.dense_contrastive import DenseContrastiveLoss
 from .losses.infonce import InfoNCELoss
@@ -89,7 +90,7 @@ class DenseProjectionHead(nn.Sequential):
         self.add_module("conv2", nn.Conv2d(hidden_dim, out_dim, kernel_size=1))
 
 
-class _OACModel(nn.Module):
+class _OACModel(MomentumTargetModel):
     """Backbone, per-view heads, momentum target, pretext losses; subclasses add the SSL loss.
 
     Subclasses implement ``_build_online_heads(cfg, feature_dim)`` (modules added to ``online_network``) and
@@ -133,26 +134,11 @@ class _OACModel(nn.Module):
             ObjectLocalizationLoss(self.feature_dim, oac.PRETEXT_HIDDEN_DIM, cfg.INPUT.OAC.LOC_GRID ** 2)
             if self.lambda_loc > 0 else None
         )
-        if len(cfg.MODEL.PIXEL_MEAN) != len(cfg.MODEL.PIXEL_STD):
-            raise ValueError("MODEL.PIXEL_MEAN and MODEL.PIXEL_STD must have the same length")
-        self.register_buffer("pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1), False)
-
-    @property
-    def device(self):
-        return self.pixel_mean.device
+        self._register_pixel_normalization(cfg)
 
     def head_for(self, view):
         """The projection-head key of ``view`` ("view1"/"view2", or "shared")."""
         return view if len(self.head_names) == 2 else "shared"
-
-    @torch.no_grad()
-    def momentum_update(self, tau):
-        """target <- tau * target + (1 - tau) * online, parameter by parameter (BN statistics stay the
-        target's own, as in MoCo and BYOL)."""
-        online = dict(self.online_network.named_parameters())
-        for name, target_param in self.target_network.named_parameters():
-            target_param.mul_(tau).add_(online[name].detach(), alpha=1.0 - tau)
 
     # ---------------------------------------------------------------- inputs and features
     def _images(self, batched_inputs, key):
@@ -163,8 +149,7 @@ class _OACModel(nn.Module):
                 f"OAC model input has no {key!r}; it comes from the OAC mapper (OBJPRETRAIN.MAPPER 'oac'), "
                 "and 'whole_image'/'loc_target' only when MODEL.OAC.LAMBDA_LOC > 0"
             ) from error
-        images = images.to(self.device, non_blocking=True).float()
-        return (images - self.pixel_mean) / self.pixel_std
+        return self.normalize(images)
 
     @staticmethod
     def _pool(feature_map):

@@ -16,6 +16,7 @@ from detectron2.structures import Boxes, ImageList
 from torch import nn
 
 from .heads import MLPHead
+from .momentum_model import MomentumTargetModel
 from .losses import BYOLLoss
 from .scale_aware_pooler import ScaleAwareROIPooler
 
@@ -108,7 +109,7 @@ class C4ObjectEncoder(_ObjectEncoder):
 
 
 @META_ARCH_REGISTRY.register()
-class SoCo(nn.Module):
+class SoCo(MomentumTargetModel):
     """SoCo with R50-FPN (or any FPN backbone): online network + predictor, momentum target network (§3.3).
 
     Parameter names: ``online_network.{backbone,box_head,projector}``, ``predictor``, ``target_network.*``
@@ -131,19 +132,7 @@ class SoCo(nn.Module):
         self.loss = BYOLLoss()
         if len(cfg.MODEL.PIXEL_MEAN) != 3 or len(cfg.MODEL.PIXEL_STD) != 3:
             raise ValueError("SoCo takes RGB views: MODEL.PIXEL_MEAN and MODEL.PIXEL_STD need 3 values")
-        self.register_buffer("pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1), False)
-
-    @property
-    def device(self):
-        return self.pixel_mean.device
-
-    @torch.no_grad()
-    def momentum_update(self, tau):
-        """target <- tau * target + (1 - tau) * online, for every parameter (BYOL Eq. 1)."""
-        online = list(self.online_network.parameters())
-        target = list(self.target_network.parameters())
-        torch._foreach_lerp_(target, online, 1.0 - tau)
+        self._register_pixel_normalization(cfg)
 
     def forward(self, batched_inputs):
         """
@@ -171,10 +160,7 @@ class SoCo(nn.Module):
         }
 
     def _prepare_view(self, batched_inputs, index):
-        views = [
-            (x["views"][index].to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
-            for x in batched_inputs
-        ]
+        views = [self.normalize(x["views"][index]) for x in batched_inputs]
         backbone = self.online_network.backbone
         images = ImageList.from_tensors(
             views, backbone.size_divisibility, padding_constraints=backbone.padding_constraints

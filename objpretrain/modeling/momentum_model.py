@@ -1,0 +1,32 @@
+"""What every pretraining meta-architecture with a momentum target shares: RGB normalization buffers, the
+device, and the EMA update the engine's MomentumTargetHook calls (docs/design.md)."""
+import torch
+from torch import nn
+
+
+class MomentumTargetModel(nn.Module):
+    """Base of models holding ``online_network`` and ``target_network``; subclasses set both, and
+    ``momentum_base`` / ``momentum_end``, in their ``__init__``."""
+
+    def _register_pixel_normalization(self, cfg):
+        if len(cfg.MODEL.PIXEL_MEAN) != len(cfg.MODEL.PIXEL_STD):
+            raise ValueError("MODEL.PIXEL_MEAN and MODEL.PIXEL_STD must have the same length")
+        self.register_buffer("pixel_mean", torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1), False)
+
+    @property
+    def device(self):
+        return self.pixel_mean.device
+
+    def normalize(self, images):
+        """uint8 (or float) 0-255 images, N x C x H x W -> normalized float on the model's device."""
+        return (images.to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
+
+    @torch.no_grad()
+    def momentum_update(self, tau):
+        """target <- tau * target + (1 - tau) * online, parameter by parameter, matched by name (the target may
+        lack online-only modules such as BYOL's predictor). BN statistics stay the target's own, as in BYOL
+        and MoCo."""
+        online = dict(self.online_network.named_parameters())
+        names, targets = zip(*self.target_network.named_parameters())
+        torch._foreach_lerp_(list(targets), [online[name] for name in names], 1.0 - tau)
