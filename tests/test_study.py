@@ -79,11 +79,16 @@ def test_datasets_register_from_the_config(tmp_path):
         register_datasets_from_cfg(malformed)
 
 
+def _run_smoke_study(out):
+    result = subprocess.run([sys.executable, os.path.join(REPO, "tools", "run_study.py"), "--smoke", "--output", str(out)],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, f"run_study.py exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+
+
 @pytest.mark.slow
 def test_study_smoke_run_reports_every_arm(tmp_path):
     out = tmp_path / "study"
-    subprocess.run([sys.executable, os.path.join(REPO, "tools", "run_study.py"), "--smoke", "--output", str(out)],
-                   check=True, cwd=REPO, capture_output=True, text=True)
+    _run_smoke_study(out)
     with open(out / "summary.json") as f:
         rows = {r["arm"]: r for r in json.load(f)}
     assert set(rows) == {"random_init", "byol_whole_image", "soco", "moco_scene", "moco_obj_obj_dilate"}
@@ -92,8 +97,10 @@ def test_study_smoke_run_reports_every_arm(tmp_path):
         assert (row["probe_mAP_mean"] is None) == (arm == "random_init"), arm
     for name in ("loss_curves.png", "ap_per_arm.png", "results_table.md"):
         assert (out / name).stat().st_size > 0
+    # finished arms keep their converted weights but not the training checkpoints
+    assert not list(out.glob("*_seed0/*/model_*.pth")) and all((out / f"{arm}_seed0" / "converted.pkl").exists()
+                                                for arm in rows if arm != "random_init")
     # a second run reuses every finished arm instead of recomputing it
     before = (out / "soco_seed0" / "result.json").stat().st_mtime
-    subprocess.run([sys.executable, os.path.join(REPO, "tools", "run_study.py"), "--smoke", "--output", str(out)],
-                   check=True, cwd=REPO, capture_output=True, text=True)
+    _run_smoke_study(out)
     assert (out / "soco_seed0" / "result.json").stat().st_mtime == before

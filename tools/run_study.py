@@ -117,7 +117,7 @@ def loss_curve(metrics_json):
     return iters, losses
 
 
-def run_arm(arm, seed, out, data, scale, py):
+def run_arm(arm, seed, out, data, scale, py, keep_checkpoints=False):
     arm_dir = os.path.join(out, f"{arm}_seed{seed}")
     result_path = os.path.join(arm_dir, "result.json")
     if os.path.exists(result_path):  # finished earlier: the study resumes where it stopped
@@ -136,7 +136,7 @@ def run_arm(arm, seed, out, data, scale, py):
              "DATASETS.IMAGE_FOLDER_REGISTER", f"('study_pretrain:{pretrain_images}',)",
              "DATASETS.TRAIN", "('study_pretrain',)",
              "DATASETS.PROPOSAL_FILES_TRAIN", f"('{os.path.join(out, 'data', 'proposals.pkl')}',)",
-             "SOLVER.MAX_ITER", scale["pretrain_iters"], "SOLVER.CHECKPOINT_PERIOD", scale["pretrain_iters"],
+             "SOLVER.MAX_ITER", scale["pretrain_iters"], "SOLVER.CHECKPOINT_PERIOD", scale["pretrain_iters"] + 1,
              "SEED", seed, "OUTPUT_DIR", pretrain_dir],
             os.path.join(arm_dir, "pretrain.log"))
         result["pretrain_loss_curve"] = loss_curve(os.path.join(pretrain_dir, "metrics.json"))
@@ -160,13 +160,29 @@ def run_arm(arm, seed, out, data, scale, py):
          "DATASETS.TRAIN", "('study_train',)", "DATASETS.TEST", "('study_val',)",
          "INPUT.MIN_SIZE_TRAIN", "(256,)", "INPUT.MAX_SIZE_TRAIN", 256, "INPUT.MIN_SIZE_TEST", 256,
          "INPUT.MAX_SIZE_TEST", 256, "SOLVER.MAX_ITER", iters, "SOLVER.STEPS", f"({iters * 2 // 3}, {iters * 8 // 9})",
-         "SOLVER.WARMUP_ITERS", min(50, iters), "SOLVER.CHECKPOINT_PERIOD", iters, "SEED", seed,
+         "SOLVER.WARMUP_ITERS", min(50, iters), "SOLVER.CHECKPOINT_PERIOD", iters + 1, "SEED", seed,
          "OUTPUT_DIR", finetune_dir],
         os.path.join(arm_dir, "finetune.log"))
     result["bbox_AP"] = last_metric(os.path.join(finetune_dir, "metrics.json"), "bbox/AP")
     result["bbox_AP50"] = last_metric(os.path.join(finetune_dir, "metrics.json"), "bbox/AP50")
     atomic_write_json(result_path, result)  # the marker that this arm is done: never half-written
+    if not keep_checkpoints:
+        remove_training_checkpoints(arm_dir)
     return result
+
+
+def remove_training_checkpoints(arm_dir):
+    """Delete an arm's ``.pth`` files once its result is recorded; its converted.pkl stays.
+
+    Each arm writes about 250 MB of pretraining and fine-tuning checkpoints (optimizer state included) that the
+    study never reads again; fifteen arms would fill a small disk.
+    """
+    for stage in ("pretrain", "finetune"):
+        folder = os.path.join(arm_dir, stage)
+        if os.path.isdir(folder):
+            for name in os.listdir(folder):
+                if name.endswith(".pth") or name == "last_checkpoint":
+                    os.remove(os.path.join(folder, name))
 
 
 def _mean_std(values):
@@ -258,6 +274,8 @@ def main(argv=None):
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--pretrain-iters", type=int)
     parser.add_argument("--finetune-iters", type=int)
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep each arm's .pth checkpoints (by default only its converted .pkl is kept)")
     parser.add_argument("--summarize-only", action="store_true",
                         help="tabulate and plot the arms and seeds that finished under --output, run nothing")
     args = parser.parse_args(argv)
@@ -285,7 +303,7 @@ def main(argv=None):
     for seed in scale["seeds"]:
         for arm in args.arms:
             print(f"== {arm}, seed {seed}", flush=True)
-            results.append(run_arm(arm, seed, out, data, scale, py))
+            results.append(run_arm(arm, seed, out, data, scale, py, args.keep_checkpoints))
     rows, table = summarize(results, out)
     wall = time.time() - start
     atomic_write_json(os.path.join(out, "study_info.json"),
