@@ -100,7 +100,14 @@ def test_study_smoke_run_reports_every_arm(tmp_path):
     # finished arms keep their converted weights but not the training checkpoints
     assert not list(out.glob("*_seed0/*/model_*.pth")) and all((out / f"{arm}_seed0" / "converted.pkl").exists()
                                                 for arm in rows if arm != "random_init")
-    # a second run reuses every finished arm instead of recomputing it
+    # a second run reuses every finished arm instead of recomputing it, and restarts an unfinished one from
+    # scratch (no stale files, no metrics appended to an old run's)
     before = (out / "soco_seed0" / "result.json").stat().st_mtime
+    (out / "random_init_seed0" / "result.json").unlink()
+    (out / "random_init_seed0" / "finetune" / "stale_marker").write_text("from a killed run")
     _run_smoke_study(out)
     assert (out / "soco_seed0" / "result.json").stat().st_mtime == before
+    assert (out / "random_init_seed0" / "result.json").exists()
+    assert not (out / "random_init_seed0" / "finetune" / "stale_marker").exists()
+    with open(out / "random_init_seed0" / "finetune" / "metrics.json") as f:
+        assert sum('"bbox/AP"' in line for line in f) == 1

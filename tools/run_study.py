@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -117,17 +118,23 @@ def loss_curve(metrics_json):
     return iters, losses
 
 
-def run_arm(arm, seed, out, data, scale, py, keep_checkpoints=False):
+def run_arm(arm, seed, out, data, scale, py, keep_checkpoints=False, device="cpu", workers=2):
     arm_dir = os.path.join(out, f"{arm}_seed{seed}")
     result_path = os.path.join(arm_dir, "result.json")
     if os.path.exists(result_path):  # finished earlier: the study resumes where it stopped
         with open(result_path) as f:
             return json.load(f)
-    os.makedirs(arm_dir, exist_ok=True)
+    if os.path.isdir(arm_dir):
+        # An arm killed part-way restarts from scratch: its stages do not resume, and Detectron2 appends to an
+        # old metrics.json, which would splice two runs into one loss curve.
+        print(f"   removing the unfinished {arm_dir}", flush=True)
+        shutil.rmtree(arm_dir)
+    os.makedirs(arm_dir)
     result = {"arm": arm, "seed": seed, "seconds": {}}
     pretrain_images = data["pretrain"][1]
     register = [f"study_train:{data['train'][0]}:{data['train'][1]}", f"study_val:{data['val'][0]}:{data['val'][1]}"]
     weights = ""
+    runtime = ["MODEL.DEVICE", device, "DATALOADER.NUM_WORKERS", workers]
     if ARMS[arm] is not None:
         config, overrides = ARMS[arm]
         pretrain_dir = os.path.join(arm_dir, "pretrain")
@@ -137,7 +144,7 @@ def run_arm(arm, seed, out, data, scale, py, keep_checkpoints=False):
              "DATASETS.TRAIN", "('study_pretrain',)",
              "DATASETS.PROPOSAL_FILES_TRAIN", f"('{os.path.join(out, 'data', 'proposals.pkl')}',)",
              "SOLVER.MAX_ITER", scale["pretrain_iters"], "SOLVER.CHECKPOINT_PERIOD", scale["pretrain_iters"] + 1,
-             "SEED", seed, "OUTPUT_DIR", pretrain_dir],
+             "SEED", seed, "OUTPUT_DIR", pretrain_dir, *runtime],
             os.path.join(arm_dir, "pretrain.log"))
         result["pretrain_loss_curve"] = loss_curve(os.path.join(pretrain_dir, "metrics.json"))
         checkpoint = os.path.join(pretrain_dir, "model_final.pth")
@@ -148,7 +155,7 @@ def run_arm(arm, seed, out, data, scale, py, keep_checkpoints=False):
             [py, "tools/linear_eval.py", "--config-file", config, "--weights", checkpoint,
              "--train-dataset", "study_train", "--test-dataset", "study_val", "--task", "multilabel",
              "--resize", 128, "--crop", 128, "--epochs", scale["probe_epochs"], "--output", probe_path,
-             "--device", "cpu", "DATASETS.COCO_JSON_REGISTER", f"({register[0]!r}, {register[1]!r})"],
+             "--device", device, "DATASETS.COCO_JSON_REGISTER", f"({register[0]!r}, {register[1]!r})"],
             os.path.join(arm_dir, "linear_probe.log"))
         with open(probe_path) as f:
             result["linear_probe_map"] = 100.0 * json.load(f)["mAP"]  # in percent, like COCO AP
@@ -161,7 +168,7 @@ def run_arm(arm, seed, out, data, scale, py, keep_checkpoints=False):
          "INPUT.MIN_SIZE_TRAIN", "(256,)", "INPUT.MAX_SIZE_TRAIN", 256, "INPUT.MIN_SIZE_TEST", 256,
          "INPUT.MAX_SIZE_TEST", 256, "SOLVER.MAX_ITER", iters, "SOLVER.STEPS", f"({iters * 2 // 3}, {iters * 8 // 9})",
          "SOLVER.WARMUP_ITERS", min(50, iters), "SOLVER.CHECKPOINT_PERIOD", iters + 1, "SEED", seed,
-         "OUTPUT_DIR", finetune_dir],
+         "OUTPUT_DIR", finetune_dir, *runtime],
         os.path.join(arm_dir, "finetune.log"))
     result["bbox_AP"] = last_metric(os.path.join(finetune_dir, "metrics.json"), "bbox/AP")
     result["bbox_AP50"] = last_metric(os.path.join(finetune_dir, "metrics.json"), "bbox/AP50")
@@ -274,8 +281,12 @@ def main(argv=None):
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--pretrain-iters", type=int)
     parser.add_argument("--finetune-iters", type=int)
+    parser.add_argument("--device", default="cpu", help="MODEL.DEVICE of every stage, e.g. cuda")
+    parser.add_argument("--workers", type=int, default=2, help="DATALOADER.NUM_WORKERS of every stage")
     parser.add_argument("--keep-checkpoints", action="store_true",
                         help="keep each arm's .pth checkpoints (by default only its converted .pkl is kept)")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="make the scenes and their proposals, run no arm (so arms can then run in parallel)")
     parser.add_argument("--summarize-only", action="store_true",
                         help="tabulate and plot the arms and seeds that finished under --output, run nothing")
     args = parser.parse_args(argv)
@@ -299,15 +310,18 @@ def main(argv=None):
     if not os.path.exists(proposals):
         run([py, "tools/generate_proposals.py", "--images", data["pretrain"][1], "--output", proposals,
              "--no-progress"], os.path.join(out, "proposals.log"))
+    if args.prepare_only:
+        print(f"data and proposals ready in {out}")
+        return []
     results = []
     for seed in scale["seeds"]:
         for arm in args.arms:
             print(f"== {arm}, seed {seed}", flush=True)
-            results.append(run_arm(arm, seed, out, data, scale, py, args.keep_checkpoints))
+            results.append(run_arm(arm, seed, out, data, scale, py, args.keep_checkpoints, args.device, args.workers))
     rows, table = summarize(results, out)
     wall = time.time() - start
     atomic_write_json(os.path.join(out, "study_info.json"),
-                      {"scale": scale, "arms": args.arms, "wall_seconds": wall}, indent=1)
+                      {"scale": scale, "arms": args.arms, "device": args.device, "wall_seconds": wall}, indent=1)
     print(table)
     print(f"study finished in {wall / 60:.1f} min; results in {out}")
     return rows
