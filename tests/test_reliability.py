@@ -7,6 +7,7 @@ pretraining datasets reach them as ``demo_unlabeled`` through ``$OBJPRETRAIN_DEM
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -259,6 +260,32 @@ def test_sampler_starts_at_any_position_of_the_same_stream_on_every_rank():
         ResumableTrainingSampler(5, seed=7, start=3, rank=0, world_size=2)
 
 
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_aspect_ratio_grouping_resumes_with_the_batches_of_an_uninterrupted_stream(world_size):
+    from objpretrain.data.samplers import AspectRatioGroupedSampler
+
+    landscape = [True, False, False, True, True, False, True]
+    batch = 3
+
+    def batches(rank, start, n):
+        sampler = AspectRatioGroupedSampler(
+            ResumableTrainingSampler(len(landscape), seed=3, rank=rank, world_size=world_size), landscape, batch)
+        sampler.set_start(start)
+        stream = iter(sampler)
+        return [[next(stream) for _ in range(batch)] for _ in range(n)]
+
+    for rank in range(world_size):
+        whole = batches(rank, 0, 12)
+        for group in whole:  # one orientation per batch, and positions of this rank only
+            assert len({landscape[index] for _, _, index in group}) == 1
+            assert all(position % world_size == rank for _, position, _ in group)
+        assert len({landscape[group[0][2]] for group in whole}) == 2  # both orientations occur
+        # resuming at iteration 5 (5 global batches consumed) continues with the uninterrupted batch 5
+        assert batches(rank, 5 * batch * world_size, 7) == whole[5:]
+    with pytest.raises(ValueError, match="multiple of the global batch"):
+        AspectRatioGroupedSampler(ResumableTrainingSampler(7, seed=3, rank=0, world_size=1), landscape, 3).set_start(4)
+
+
 def test_augmentations_depend_on_the_sample_position_and_not_on_the_process_rng():
     from objpretrain.data.samplers import PositionSeededDataset
 
@@ -489,6 +516,28 @@ def test_finetune_checkpoints_atomically_and_resumes_past_a_truncated_last_check
     assert f"Cannot read checkpoint '{run / 'model_final.pth'}'" in resumed.log
     assert f"Resumed from {run / 'model_0000003.pth'}" in resumed.log
     assert _checkpoint(str(run), "model_final.pth")["iteration"] == 5
+
+
+@pytest.mark.slow
+def test_finetune_resume_continues_the_data_stream_and_step_rngs_exactly(finetune_set, tmp_path):
+    """A fine-tuning run resumed from its iteration-3 checkpoint ends with the same weights, to the bit, as
+    the run that was never stopped: same batches (stream position, per-sample augmentation seeds) and the same
+    RPN / RoI sampling (torch's RNG state in the checkpoint)."""
+    opts = ("SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "3", "SEED", "5")
+    whole = _train_net(finetune_set, tmp_path / "whole", *opts)
+    assert whole.returncode == 0, whole.log[-3000:]
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copy(tmp_path / "whole" / "model_0000002.pth", resumed_dir / "model_0000002.pth")
+    (resumed_dir / "last_checkpoint").write_text("model_0000002.pth")
+    resumed = _train_net(finetune_set, resumed_dir, *opts, resume=True)
+    assert resumed.returncode == 0, resumed.log[-3000:]
+    assert "Data stream resumes at sample 6 (iteration 3" in resumed.log
+    final_whole = _checkpoint(str(tmp_path / "whole"), "model_final.pth")["model"]
+    final_resumed = _checkpoint(str(resumed_dir), "model_final.pth")["model"]
+    assert final_whole.keys() == final_resumed.keys()
+    differing = [k for k in final_whole if not torch.equal(final_whole[k], final_resumed[k])]
+    assert not differing, differing[:5]
 
 
 @pytest.mark.slow

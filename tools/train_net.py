@@ -21,8 +21,10 @@ from detectron2.utils.logger import setup_logger
 
 import objpretrain  # noqa: F401  (registers Res5ROIHeadsExtraNorm and the datasets)
 from objpretrain.config import add_objpretrain_config
+from objpretrain.data.build import build_resumable_detection_train_loader
 from objpretrain.data.datasets import register_datasets_from_cfg
 from objpretrain.engine.checkpoint import AtomicDetectionCheckpointer
+from objpretrain.engine.resumable import ResumableDataStreamMixin
 
 logger = logging.getLogger("objpretrain.train_net")
 
@@ -42,9 +44,14 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     )
 
 
-class Trainer(DefaultTrainer):
+class Trainer(ResumableDataStreamMixin, DefaultTrainer):
     """DefaultTrainer with crash-safe checkpoints (``AtomicDetectionCheckpointer``: atomic saves, and
-    ``--resume`` falls back to the newest readable checkpoint, see docs/reliability.md)."""
+    ``--resume`` falls back to the newest readable checkpoint) and a resume that continues the exact data
+    stream and step RNGs (``ResumableDataStreamMixin``); see docs/reliability.md."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_resumable_detection_train_loader(cfg)
 
     def build_hooks(self):
         # DefaultTrainer.__init__ makes a plain DetectionCheckpointer just before it builds the hooks, which use it.

@@ -1,4 +1,5 @@
-"""The pretraining data loader: dataset dicts with proposals, a registered mapper, Detectron2's train loader.
+"""Training data loaders whose stream resumes exactly: pretraining (dataset dicts with proposals, a registered
+mapper) and fine-tuning (Detectron2's DatasetMapper and aspect-ratio grouping).
 
 Mappers live in ``MAPPER_REGISTRY`` and are built as ``Mapper(cfg, is_train=True)``. ``cfg.OBJPRETRAIN.MAPPER``
 names one either by its registered class name (``"SoCoMapper"``) or by the short lower-case name that drops
@@ -7,15 +8,22 @@ the ``Mapper`` suffix (``"soco"`` for ``SoCoMapper``, ``"oac"`` for ``OACMapper`
 import logging
 import pickle
 
-from detectron2.data import DatasetCatalog, build_batch_data_loader, get_detection_dataset_dicts
+from detectron2.data import DatasetCatalog, DatasetMapper, build_batch_data_loader, get_detection_dataset_dicts
 from detectron2.data.common import ToIterableDataset
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.registry import Registry
 
-from .samplers import PositionSeededDataset, ResumableTrainingSampler
+from .samplers import AspectRatioGroupedSampler, PositionSeededDataset, ResumableTrainingSampler
 
-__all__ = ["MAPPER_REGISTRY", "build_mapper", "build_pretrain_loader", "get_pretrain_dataset_dicts"]
+__all__ = [
+    "MAPPER_REGISTRY",
+    "build_mapper",
+    "build_pretrain_loader",
+    "build_resumable_detection_train_loader",
+    "build_resumable_loader",
+    "get_pretrain_dataset_dicts",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +95,8 @@ def build_pretrain_loader(cfg):
     sample positions only (``objpretrain.data.samplers``): which image a position holds, its augmentations,
     and the replacement of an image the mapper skips do not depend on ``DATALOADER.NUM_WORKERS`` or on the
     process RNGs, so a run resumed at iteration i (``loader.resumable_sampler.set_start(i * IMS_PER_BATCH)``,
-    done by ``PretrainTrainer.resume_or_load``) sees exactly the batches an uninterrupted run would. With
-    ``cfg.SEED < 0`` a random seed is drawn (the same on every rank) and kept in the trainer's checkpoints.
+    done by ``ResumableDataStreamMixin.resume_or_load``) sees exactly the batches an uninterrupted run would.
+    With ``cfg.SEED < 0`` a random seed is drawn (the same on every rank) and kept in the trainer's checkpoints.
     """
     dataset = get_pretrain_dataset_dicts(cfg)
     if not cfg.DATASETS.PROPOSAL_FILES_TRAIN:
@@ -96,16 +104,46 @@ def build_pretrain_loader(cfg):
             "cfg.DATASETS.PROPOSAL_FILES_TRAIN is empty: no image has proposals (the SoCo mapper then pads "
             "every image per INPUT.SOCO.FALLBACK=%r)", cfg.INPUT.SOCO.FALLBACK,
         )
-    mapper = build_mapper(cfg, is_train=True)
+    return build_resumable_loader(cfg, dataset, build_mapper(cfg, is_train=True), aspect_ratio_grouping=False)
+
+
+def build_resumable_detection_train_loader(cfg, mapper=None):
+    """Detectron2's ``build_detection_train_loader(cfg)`` for fine-tuning (same dataset dicts, DatasetMapper,
+    shuffling and aspect-ratio grouping), made exactly resumable as the pretraining loader is: a run resumed
+    with ``--resume`` continues the data stream where the checkpoint left it, instead of restarting it."""
+    if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+        raise ValueError(
+            f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN!r}: the resumable fine-tuning loader "
+            "implements Detectron2's TrainingSampler (uniform shuffling) only"
+        )
+    dataset = get_detection_dataset_dicts(
+        cfg.DATASETS.TRAIN,
+        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+        min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
+        proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+    )
+    mapper = mapper if mapper is not None else DatasetMapper(cfg, True)
+    return build_resumable_loader(cfg, dataset, mapper, aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING)
+
+
+def build_resumable_loader(cfg, dataset, mapper, aspect_ratio_grouping):
+    """The loader of both functions above: ``mapper`` over a position-seeded stream of ``dataset``, batched
+    by ``cfg.SOLVER.IMS_PER_BATCH``; ``loader.resumable_sampler`` is the sampler a resume moves."""
     sampler = ResumableTrainingSampler(len(dataset), seed=cfg.SEED if cfg.SEED >= 0 else None)
     batch_size = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+    if aspect_ratio_grouping:
+        unsized = next((d.get("file_name") for d in dataset if "width" not in d or "height" not in d), False)
+        if unsized is not False:
+            raise ValueError(f"DATALOADER.ASPECT_RATIO_GROUPING needs every dataset dict's width and height; "
+                             f"{unsized} has none (set them, or the option False)")
+        sampler = AspectRatioGroupedSampler(sampler, [d["width"] > d["height"] for d in dataset], batch_size)
     # Workers take chunks of one batch in turn, so the batches come out in stream order for any worker count.
     stream = ToIterableDataset(PositionSeededDataset(dataset, mapper), sampler, shard_chunk_size=batch_size)
     loader = build_batch_data_loader(
         stream,
         None,
         cfg.SOLVER.IMS_PER_BATCH,
-        aspect_ratio_grouping=False,
+        aspect_ratio_grouping=False,  # grouped above, in the sampler, when asked for
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         # Page-locked batches copy to the GPU asynchronously (the model moves them with non_blocking=True).
         pin_memory=cfg.MODEL.DEVICE.startswith("cuda"),

@@ -1,6 +1,8 @@
-"""Training machinery shared by the pretraining methods: LARS, the momentum-target hook, PretrainTrainer."""
+"""Training machinery: LARS, the momentum-target hook, PretrainTrainer, and the exact-resume mixin that
+fine-tuning (tools/train_net.py) shares with it."""
 from .lars import LARS
 from .momentum import MomentumTargetHook, cosine_momentum, unwrap_model
+from .resumable import ResumableDataStreamMixin
 from .trainer import (
     AtomicDetectionCheckpointer,
     PretrainAMPTrainer,
@@ -18,6 +20,7 @@ __all__ = [
     "PretrainAMPTrainer",
     "PretrainSimpleTrainer",
     "PretrainTrainer",
+    "ResumableDataStreamMixin",
     "build_pretrain_optimizer",
     "cosine_momentum",
     "resolve_schedule",

@@ -27,6 +27,7 @@ from detectron2.utils.logger import setup_logger
 from .checkpoint import AtomicDetectionCheckpointer
 from .lars import LARS
 from .momentum import MomentumTargetHook, unwrap_model
+from .resumable import ResumableDataStreamMixin
 
 __all__ = [
     "AtomicDetectionCheckpointer",
@@ -242,7 +243,7 @@ class PretrainAMPTrainer(_GuardedStepMixin, AMPTrainer):
         self._put_throughput(data, start)
 
 
-class PretrainTrainer(DefaultTrainer):
+class PretrainTrainer(ResumableDataStreamMixin, DefaultTrainer):
     """DefaultTrainer for pretraining: see the module docstring. ``test`` returns {} (no evaluation)."""
 
     def __init__(self, cfg):
@@ -269,43 +270,6 @@ class PretrainTrainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         return build_pretrain_optimizer(cfg, model)
-
-    def _resumable_sampler(self):
-        """The loader's ``ResumableTrainingSampler``, or None for a loader without one (e.g. in tests)."""
-        return getattr(self.data_loader, "resumable_sampler", None)
-
-    def resume_or_load(self, resume=True):
-        """DefaultTrainer's, then the data stream continues at the first sample of ``start_iter``
-        (``start_iter * SOLVER.IMS_PER_BATCH``), with the stream seed the checkpoint recorded."""
-        super().resume_or_load(resume=resume)
-        sampler = self._resumable_sampler()
-        if sampler is not None:
-            sampler.set_start(self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH)
-            if self.start_iter:
-                logger.info("Data stream resumes at sample %d (iteration %d, stream seed %d)",
-                            sampler.start, self.start_iter, sampler.seed)
-
-    def state_dict(self):
-        ret = super().state_dict()
-        sampler = self._resumable_sampler()
-        if sampler is not None:
-            ret["data_stream"] = {"seed": sampler.seed, "ims_per_batch": self.cfg.SOLVER.IMS_PER_BATCH}
-        return ret
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        sampler, stream = self._resumable_sampler(), state_dict.get("data_stream")
-        if sampler is None or stream is None:
-            return
-        if stream["seed"] != sampler.seed:
-            # A run with SEED < 0 draws a new seed at every start; the checkpoint's keeps the stream the same.
-            logger.warning("Data stream seed %d (from cfg.SEED) replaced by the checkpoint's %d, so the resumed run "
-                           "continues the same stream", sampler.seed, stream["seed"])
-            sampler.seed = stream["seed"]
-        if stream["ims_per_batch"] != self.cfg.SOLVER.IMS_PER_BATCH:
-            logger.warning("SOLVER.IMS_PER_BATCH changed from %d to %d since the checkpoint: the resumed data stream "
-                           "starts at iteration x the new batch size", stream["ims_per_batch"],
-                           self.cfg.SOLVER.IMS_PER_BATCH)
 
     @classmethod
     def build_train_loader(cls, cfg):
