@@ -143,3 +143,14 @@ def test_visualize_views_draws_every_view_with_numbered_boxes(loader_cfg, repo_r
     for axis in figure.axes:
         assert sum(isinstance(p, Rectangle) for p in axis.patches) == 4
         assert sorted(t.get_text() for t in axis.texts) == ["0", "1", "2", "3"]
+
+
+def test_aspect_ratio_grouping_names_a_dataset_dict_without_its_size():
+    from objpretrain.data.build import build_resumable_loader
+
+    cfg = get_pretrain_cfg()
+    dataset = [{"file_name": "a.jpg", "width": 40, "height": 30}, {"file_name": "b.jpg"}]
+    with pytest.raises(ValueError, match="b.jpg has none"):
+        build_resumable_loader(cfg, dataset, mapper=lambda d: d, aspect_ratio_grouping=True)
+    loader = build_resumable_loader(cfg, dataset, mapper=lambda d: d, aspect_ratio_grouping=False)
+    assert loader.resumable_sampler is not None

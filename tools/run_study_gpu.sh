@@ -16,7 +16,6 @@ ARGS=(--output "$STUDY" --device "${DEVICE:-cuda}" --workers 3 --seeds 0
 ARMS=(random_init byol_whole_image soco moco_scene moco_obj_obj_dilate)
 mkdir -p "$STUDY" "$OUT"
 python3 tools/run_study.py "${ARGS[@]}" --prepare-only || exit 1
-md5sum "$STUDY/data/pretrain/images/000001.png"
 for arm in "${ARMS[@]}"; do
     timeout "$LIMIT" python3 tools/run_study.py "${ARGS[@]}" --arms "$arm" > "$STUDY/$arm.out" 2>&1 &
 done

@@ -132,10 +132,10 @@ def build_resumable_loader(cfg, dataset, mapper, aspect_ratio_grouping):
     sampler = ResumableTrainingSampler(len(dataset), seed=cfg.SEED if cfg.SEED >= 0 else None)
     batch_size = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
     if aspect_ratio_grouping:
-        unsized = next((d.get("file_name") for d in dataset if "width" not in d or "height" not in d), False)
-        if unsized is not False:
+        unsized = [d.get("file_name") for d in dataset if "width" not in d or "height" not in d]
+        if unsized:
             raise ValueError(f"DATALOADER.ASPECT_RATIO_GROUPING needs every dataset dict's width and height; "
-                             f"{unsized} has none (set them, or the option False)")
+                             f"{unsized[0]} has none (set them, or the option False)")
         sampler = AspectRatioGroupedSampler(sampler, [d["width"] > d["height"] for d in dataset], batch_size)
     # Workers take chunks of one batch in turn, so the batches come out in stream order for any worker count.
     stream = ToIterableDataset(PositionSeededDataset(dataset, mapper), sampler, shard_chunk_size=batch_size)

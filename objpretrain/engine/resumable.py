@@ -40,8 +40,14 @@ def _set_rng_state(state):
     np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
                          npy["gauss"]))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+    if not state["cuda"]:
+        return
+    if torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+    else:
+        logger.warning("The checkpoint holds the RNG states of %d CUDA devices and this process sees %d: they are "
+                       "not restored, so the step's random sampling after the resume differs from the "
+                       "uninterrupted run's", len(state["cuda"]), torch.cuda.device_count())
 
 
 class ResumableDataStreamMixin:
