@@ -162,3 +162,69 @@ def test_linear_eval_end_to_end_on_cpu(linear_eval, synthetic_coco, tmp_path):
     assert result["mAP"] > 0.6
     with open(tmp_path / "result.json") as f:
         assert json.load(f)["mAP"] == pytest.approx(result["mAP"])
+
+
+class _PooledImage(torch.nn.Module):
+    """A stand-in backbone whose res4 / res5 maps are the image average-pooled at strides 16 / 32."""
+
+    def output_shape(self):
+        from detectron2.layers import ShapeSpec
+
+        return {"res4": ShapeSpec(channels=3, stride=16), "res5": ShapeSpec(channels=3, stride=32)}
+
+    def forward(self, x):
+        return {"res4": torch.nn.functional.avg_pool2d(x, 16), "res5": torch.nn.functional.avg_pool2d(x, 32)}
+
+
+def test_object_features_pool_each_box_from_its_own_region(linear_eval, tmp_path):
+    image = np.full((64, 128, 3), 128, np.uint8)
+    image[8:48, 8:48] = (255, 0, 0)
+    image[16:56, 80:120] = (0, 0, 255)
+    path = str(tmp_path / "two_boxes.png")
+    Image.fromarray(image).save(path)
+    dicts = [{"file_name": path, "annotations": [
+        {"bbox": [8, 8, 40, 40], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0},
+        {"bbox": [80, 16, 120, 56], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 2},
+        {"bbox": [0, 0, 128, 64], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 1, "iscrowd": 1}]},
+        {"file_name": str(tmp_path / "missing.png"), "annotations": [
+            {"bbox": [0, 0, 8, 8], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 1}]}]
+    cfg = get_pretrain_cfg(os.path.join(REPO, "configs", "demo", "oac_moco_r18_demo.yaml"),
+                           ["MODEL.PIXEL_MEAN", "[0.0, 0.0, 0.0]", "MODEL.PIXEL_STD", "[1.0, 1.0, 1.0]"])
+    # Shorter side 64 -> 128: the boxes double, and their inner stride-16 cells are all one colour.
+    features, labels = linear_eval.extract_object_features(_PooledImage(), dicts, cfg, resize=128, device="cpu")
+    assert labels.tolist() == [0, 2]  # the crowd box and the unreadable image are left out
+    assert features.shape == (2, 6)
+    np.testing.assert_allclose(features[0, :3], [255, 0, 0], atol=2)  # 2: bilinear edges
+    np.testing.assert_allclose(features[1, :3], [0, 0, 255], atol=2)  # 2: bilinear edges
+    assert features[0, 3] > features[1, 3] and features[1, 5] > features[0, 5]  # res5 mixes in the background
+
+
+def _probe_args(synthetic_coco, tmp_path, *extra):
+    return ["--config-file", os.path.join(REPO, "configs", "demo", "oac_moco_r18_demo.yaml"), "--random-init",
+            "--train-dataset", synthetic_coco["name"], "--test-dataset", synthetic_coco["name"],
+            "--resize", "64", "--crop", "64", "--epochs", "30", *extra]
+
+
+def test_random_init_probe_and_chance_levels(linear_eval, synthetic_coco, tmp_path):
+    dicts = DatasetCatalog.get(synthetic_coco["name"])
+    presence = np.zeros((len(dicts), 3))
+    for row, d in enumerate(dicts):
+        for a in d["annotations"]:
+            presence[row, a["category_id"]] = 1
+    result = linear_eval.main(_probe_args(synthetic_coco, tmp_path))
+    assert result["weights"] == "random init (seed 0)"
+    assert result["chance_mAP"] == pytest.approx(presence[:, presence.sum(0) > 0].mean(0).mean())
+    assert linear_eval.main(_probe_args(synthetic_coco, tmp_path))["mAP"] == pytest.approx(result["mAP"])
+
+    objects = linear_eval.main(_probe_args(synthetic_coco, tmp_path, "--task", "objects", "--seed", "1"))
+    categories = [a["category_id"] for d in dicts for a in d["annotations"] if not a.get("iscrowd", 0)]
+    assert objects["num_train"] == objects["num_test"] == len(categories)
+    assert objects["chance_top1"] == pytest.approx(np.bincount(categories).max() / len(categories))
+    assert 0.0 <= objects["top1"] <= 1.0
+
+
+def test_random_init_backbone_follows_the_seed(linear_eval):
+    cfg = get_pretrain_cfg(os.path.join(REPO, "configs", "demo", "oac_moco_r18_demo.yaml"))
+    first, again, other = (linear_eval.build_frozen_backbone(cfg, None, seed).state_dict() for seed in (0, 0, 1))
+    name = "stem.conv1.weight"
+    assert torch.equal(first[name], again[name]) and not torch.equal(first[name], other[name])
