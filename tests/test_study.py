@@ -90,11 +90,15 @@ def test_study_smoke_run_reports_every_arm(tmp_path):
     out = tmp_path / "study"
     _run_smoke_study(out)
     with open(out / "summary.json") as f:
-        rows = {r["arm"]: r for r in json.load(f)}
+        summary = json.load(f)
+    rows = {r["arm"]: r for r in summary["arms"]}
     assert set(rows) == {"random_init", "byol_whole_image", "soco", "moco_scene", "moco_obj_obj_dilate"}
     for arm, row in rows.items():
-        assert row["seeds"] == [0] and np.isfinite(row["bbox_AP_mean"]), arm
-        assert (row["probe_mAP_mean"] is None) == (arm == "random_init"), arm
+        assert row["seeds"] == [0], arm
+        for metric in ("bbox_AP", "linear_probe_map", "object_probe_top1"):  # random init is probed too
+            assert np.isfinite(row[f"{metric}_mean"]), (arm, metric)
+        assert 0 < row["linear_probe_map_chance"] < 100 and 0 < row["object_probe_top1_chance"] < 100, arm
+    assert {c["verdict"] for c in summary["claims"]} == {"too few seeds"} and len(summary["claims"]) == 12
     for name in ("loss_curves.png", "ap_per_arm.png", "results_table.md"):
         assert (out / name).stat().st_size > 0
     # finished arms keep their converted weights but not the training checkpoints
@@ -103,11 +107,52 @@ def test_study_smoke_run_reports_every_arm(tmp_path):
     # a second run reuses every finished arm instead of recomputing it, and restarts an unfinished one from
     # scratch (no stale files, no metrics appended to an old run's)
     before = (out / "soco_seed0" / "result.json").stat().st_mtime
+    # an arm finished before the probes had chance levels gets its probes, not a new finetuning
+    with open(out / "moco_scene_seed0" / "result.json") as f:
+        old_result = json.load(f)
+    old_result.pop("object_probe_top1_chance")
+    (out / "moco_scene_seed0" / "result.json").write_text(json.dumps(old_result))
+    finetuned = (out / "moco_scene_seed0" / "finetune" / "metrics.json").stat().st_mtime
     (out / "random_init_seed0" / "result.json").unlink()
     (out / "random_init_seed0" / "finetune" / "stale_marker").write_text("from a killed run")
     _run_smoke_study(out)
     assert (out / "soco_seed0" / "result.json").stat().st_mtime == before
+    with open(out / "moco_scene_seed0" / "result.json") as f:
+        assert "object_probe_top1_chance" in json.load(f)
+    assert (out / "moco_scene_seed0" / "finetune" / "metrics.json").stat().st_mtime == finetuned
     assert (out / "random_init_seed0" / "result.json").exists()
     assert not (out / "random_init_seed0" / "finetune" / "stale_marker").exists()
     with open(out / "random_init_seed0" / "finetune" / "metrics.json") as f:
         assert sum('"bbox/AP"' in line for line in f) == 1
+
+
+def _run_study_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_study", os.path.join(REPO, "tools", "run_study.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summary_tests_each_claimed_ordering(tmp_path):
+    run_study = _run_study_module()
+
+    def result(arm, seed, ap, probe):
+        return {"arm": arm, "seed": seed, "bbox_AP": ap, "linear_probe_map": probe, "linear_probe_map_chance": 60.0,
+                "object_probe_top1": probe / 2, "object_probe_top1_chance": 20.0}
+
+    results = [result("soco", s, 3.0 + 0.1 * s, 70.0 + s) for s in range(3)]
+    results += [result("byol_whole_image", s, 1.0 + 0.1 * s, 72.0 - s) for s in range(3)]
+    results += [result("random_init", s, 5.0 - 0.1 * s, 65.0 + 0.01 * s) for s in range(3)]
+    rows, table = run_study.summarize(results, str(tmp_path))
+    with open(tmp_path / "summary.json") as f:
+        claims = {(c["claim"], c["metric"]): c for c in json.load(f)["claims"]}
+    assert claims[("soco > byol_whole_image", "bbox_AP")]["verdict"] == "holds"
+    assert claims[("soco > byol_whole_image", "bbox_AP")]["difference"] == pytest.approx(2.0)
+    assert claims[("soco > byol_whole_image", "linear_probe_map")]["verdict"] == "not separated"
+    assert claims[("byol_whole_image > random_init", "bbox_AP")]["verdict"] == "reversed"
+    assert claims[("soco > random_init", "object_probe_top1")]["verdict"] == "holds"
+    assert not any("moco" in claim for claim, _ in claims)  # arms that did not run are not compared
+    assert "image probe mAP (chance 60.0)" in table and "| soco | 3 | 3.10 ± 0.10 |" in table
+    assert (tmp_path / "ap_per_arm.png").stat().st_size > 0

@@ -11,12 +11,15 @@ Arms, each pretrained on the same unlabelled multi-object scenes and fine-tuned 
 
 Each pretrained model is converted with tools/convert_ckpt.py (``--to d2-fpn``: image-level models give the
 bottom-up ResNet only, as in the papers' transfer protocol), fine-tuned as a Faster R-CNN R18-FPN with
-tools/train_net.py and evaluated with COCO AP; every pretrained arm also gets a multi-label linear probe (mAP)
-with tools/linear_eval.py. Seeds are repeated and reported as mean ± std. Every stage is one of the
-project's own commands, printed before it runs; results are written as JSON, a Markdown table and plots.
+tools/train_net.py and evaluated with COCO AP. Every arm, random init included, is also probed on frozen
+features with tools/linear_eval.py: multi-label image classification (mAP, OAC's protocol) and classification of
+each annotated object (top-1), each beside its chance level. Seeds are repeated and reported as mean ± std.
+Every stage is one of the project's own commands, printed before it runs; results are written as JSON, a
+Markdown table and plots.
 
-Claims checked (see docs/results.md): SoCo > whole-image BYOL > random init on detection transfer
-(SoCo Table 4); obj-obj+dilate > scene cropping on multi-object images (OAC Tables 4 to 6).
+Claims checked (see docs/results.md), each with Welch's t-test over seeds on every metric: SoCo > whole-image
+BYOL > random init on detection transfer (SoCo Table 4); obj-obj+dilate > scene cropping on multi-object
+images (OAC Tables 4 to 6).
 
     python tools/run_study.py --output output/study                 # the full study (about 2 h on 2 cores)
     python tools/run_study.py --output output/study --seeds 0       # one seed of it
@@ -33,6 +36,7 @@ import sys
 import time
 
 import numpy as np
+from scipy.stats import ttest_ind
 
 from objpretrain.utils.atomic_io import atomic_write_bytes, atomic_write_json
 
@@ -57,6 +61,17 @@ ARMS = {
     ),
 }
 FINETUNE_CONFIG = "configs/demo/finetune_trees_r18_fpn.yaml"
+# The probes read only the ResNet keys and the pixel normalization, the same in every arm's config.
+PROBE_CONFIG_RANDOM_INIT = ARMS["byol_whole_image"][0]
+# result key -> (linear_eval.py --task, --resize and --crop, its metric, that metric's chance level), in percent;
+# every arm is probed, random init included.
+PROBES = {
+    # OAC's protocol: multi-label classification of the image from pooled res5 (OAC §3), at the scenes' 128 px.
+    "linear_probe_map": ("multilabel", 128, "mAP", "chance_mAP"),
+    # Each annotated object classified from its RoIAligned res4 + res5, at the finetuning scale (256 px): the
+    # object-level features that SoCo and OAC claim to improve, measured without a detector's training noise.
+    "object_probe_top1": ("objects", 256, "top1", "chance_top1"),
+}
 
 SCALES = {
     # pretrain images, finetune train / val images, pretraining and finetuning iterations, linear-probe epochs
@@ -123,7 +138,13 @@ def run_arm(arm, seed, out, data, scale, py, keep_checkpoints=False, device="cpu
     result_path = os.path.join(arm_dir, "result.json")
     if os.path.exists(result_path):  # finished earlier: the study resumes where it stopped
         with open(result_path) as f:
-            return json.load(f)
+            result = json.load(f)
+        if not all(f"{probe}_chance" in result for probe in PROBES):
+            # Finished before the probes had their floors: redo the probes (seconds) from the kept weights.
+            print(f"   adding the probes to {arm_dir}", flush=True)
+            run_probes(arm, seed, arm_dir, result, data, scale, py, device)
+            atomic_write_json(result_path, result)
+        return result
     if os.path.isdir(arm_dir):
         # An arm killed part-way restarts from scratch: its stages do not resume, and Detectron2 appends to an
         # old metrics.json, which would splice two runs into one loss curve.
@@ -132,7 +153,7 @@ def run_arm(arm, seed, out, data, scale, py, keep_checkpoints=False, device="cpu
     os.makedirs(arm_dir)
     result = {"arm": arm, "seed": seed, "seconds": {}}
     pretrain_images = data["pretrain"][1]
-    register = [f"study_train:{data['train'][0]}:{data['train'][1]}", f"study_val:{data['val'][0]}:{data['val'][1]}"]
+    register = coco_registrations(data)
     weights = ""
     runtime = ["MODEL.DEVICE", device, "DATALOADER.NUM_WORKERS", workers]
     if ARMS[arm] is not None:
@@ -150,15 +171,7 @@ def run_arm(arm, seed, out, data, scale, py, keep_checkpoints=False, device="cpu
         checkpoint = os.path.join(pretrain_dir, "model_final.pth")
         weights = os.path.join(arm_dir, "converted.pkl")
         run([py, "tools/convert_ckpt.py", checkpoint, weights, "--to", "d2-fpn"], os.path.join(arm_dir, "convert.log"))
-        probe_path = os.path.join(arm_dir, "linear_probe.json")
-        result["seconds"]["linear_probe"] = run(
-            [py, "tools/linear_eval.py", "--config-file", config, "--weights", checkpoint,
-             "--train-dataset", "study_train", "--test-dataset", "study_val", "--task", "multilabel",
-             "--resize", 128, "--crop", 128, "--epochs", scale["probe_epochs"], "--output", probe_path,
-             "--device", device, "DATASETS.COCO_JSON_REGISTER", f"({register[0]!r}, {register[1]!r})"],
-            os.path.join(arm_dir, "linear_probe.log"))
-        with open(probe_path) as f:
-            result["linear_probe_map"] = 100.0 * json.load(f)["mAP"]  # in percent, like COCO AP
+    run_probes(arm, seed, arm_dir, result, data, scale, py, device)
     finetune_dir = os.path.join(arm_dir, "finetune")
     iters = scale["finetune_iters"]
     result["seconds"]["finetune"] = run(
@@ -176,6 +189,32 @@ def run_arm(arm, seed, out, data, scale, py, keep_checkpoints=False, device="cpu
     if not keep_checkpoints:
         remove_training_checkpoints(arm_dir)
     return result
+
+
+def coco_registrations(data):
+    """``name:json:image_root`` of the labelled splits, as train_net.py --register-coco and
+    DATASETS.COCO_JSON_REGISTER take them."""
+    return [f"study_{split}:{data[split][0]}:{data[split][1]}" for split in ("train", "val")]
+
+
+def run_probes(arm, seed, arm_dir, result, data, scale, py, device):
+    """Runs every probe of :data:`PROBES` on the arm's converted weights (random init: a fresh ResNet drawn with
+    ``seed``) and records score, chance level and seconds in ``result``."""
+    config = ARMS[arm][0] if ARMS[arm] is not None else PROBE_CONFIG_RANDOM_INIT
+    weights = ["--random-init"] if ARMS[arm] is None else ["--weights", os.path.join(arm_dir, "converted.pkl")]
+    register = coco_registrations(data)
+    for probe, (task, size, metric, chance) in PROBES.items():
+        path = os.path.join(arm_dir, f"probe_{task}.json")
+        result["seconds"][probe] = run(
+            [py, "tools/linear_eval.py", "--config-file", config, *weights, "--seed", seed,
+             "--train-dataset", "study_train", "--test-dataset", "study_val", "--task", task,
+             "--resize", size, "--crop", size, "--epochs", scale["probe_epochs"], "--output", path,
+             "--device", device, "DATASETS.COCO_JSON_REGISTER", f"({register[0]!r}, {register[1]!r})"],
+            os.path.join(arm_dir, f"probe_{task}.log"))
+        with open(path) as f:
+            probe_result = json.load(f)
+        result[probe] = 100.0 * probe_result[metric]  # in percent, like COCO AP
+        result[f"{probe}_chance"] = 100.0 * probe_result[chance]
 
 
 def remove_training_checkpoints(arm_dir):
@@ -200,36 +239,94 @@ def _mean_std(values):
     return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
 
 
+# The metrics of the summary: result key -> its name in the tables.
+METRICS = {"bbox_AP": "COCO box AP", "linear_probe_map": "image probe mAP", "object_probe_top1": "object probe top-1"}
+# The orderings the papers claim, (better, worse): SoCo Table 4 (with Table 1's BYOL baseline), OAC Tables 4-6.
+CLAIMS = [("soco", "byol_whole_image"), ("byol_whole_image", "random_init"), ("soco", "random_init"),
+          ("moco_obj_obj_dilate", "moco_scene")]
+
+
+def compare(better, worse):
+    """Difference of means and Welch's two-sided t-test p-value (None with fewer than 2 seeds on a side)."""
+    better, worse = np.asarray(better, float), np.asarray(worse, float)
+    difference = float(better.mean() - worse.mean())
+    if min(len(better), len(worse)) < 2:
+        return difference, None
+    p_value = float(ttest_ind(better, worse, equal_var=False).pvalue)
+    return difference, (1.0 if np.isnan(p_value) else p_value)  # nan: both sides constant and equal
+
+
+def verdict(difference, p_value, alpha=0.05):
+    if p_value is None:
+        return "too few seeds"
+    if p_value >= alpha:
+        return "not separated"
+    return "holds" if difference > 0 else "reversed"
+
+
 def summarize(results, out):
-    """Writes summary.json, results_table.md and the plots for the finished ``results``; returns (rows, table)."""
+    """Writes summary.json, results_table.md and the plots for the finished ``results``; returns (rows, table).
+
+    Each row has, for every metric of :data:`METRICS`, ``<metric>_per_seed``, ``_mean``, ``_std`` and, for the
+    probes, ``_chance``; summary.json also lists every claim of :data:`CLAIMS` with its test per metric.
+    """
     rows = []
     for arm in ARMS:
         arm_results = sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"])
         if not arm_results:
             continue
-        ap = [r["bbox_AP"] for r in arm_results]
-        probe = [r.get("linear_probe_map") for r in arm_results]
-        ap_mean, ap_std = _mean_std(ap)
-        probe_mean, probe_std = _mean_std(probe)
-        rows.append({"arm": arm, "seeds": [r["seed"] for r in arm_results], "bbox_AP_mean": ap_mean,
-                     "bbox_AP_std": ap_std, "AP_per_seed": ap, "probe_mAP_mean": probe_mean,
-                     "probe_mAP_std": probe_std, "probe_mAP_per_seed": probe})
-    atomic_write_json(os.path.join(out, "summary.json"), rows, indent=1)
-    lines = ["| arm | seeds | COCO box AP, mean ± std | AP per seed | linear-probe mAP, mean ± std | mAP per seed |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        if r["probe_mAP_mean"] is None:
-            probe, probe_seeds = "n/a", "n/a"
-        else:
-            probe = f"{r['probe_mAP_mean']:.1f} ± {r['probe_mAP_std']:.1f}"
-            probe_seeds = ", ".join(f"{v:.1f}" for v in r["probe_mAP_per_seed"])
-        per_seed = ", ".join(f"{v:.2f}" for v in r["AP_per_seed"])
-        lines.append(f"| {r['arm']} | {len(r['seeds'])} | {r['bbox_AP_mean']:.2f} ± {r['bbox_AP_std']:.2f} | "
-                     f"{per_seed} | {probe} | {probe_seeds} |")
-    table = "\n".join(lines)
+        row = {"arm": arm, "seeds": [r["seed"] for r in arm_results]}
+        for metric in METRICS:
+            values = [r.get(metric) for r in arm_results]
+            row[f"{metric}_per_seed"] = values
+            row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std(values)
+            chances = [r[f"{metric}_chance"] for r in arm_results if f"{metric}_chance" in r]
+            if chances:
+                row[f"{metric}_chance"] = float(np.mean(chances))
+        rows.append(row)
+    by_arm = {r["arm"]: r for r in rows}
+    claims = []
+    for better, worse in CLAIMS:
+        if better in by_arm and worse in by_arm:
+            for metric in METRICS:
+                values = [[v for v in by_arm[a][f"{metric}_per_seed"] if v is not None] for a in (better, worse)]
+                if all(values):
+                    difference, p_value = compare(*values)
+                    claims.append({"claim": f"{better} > {worse}", "metric": metric, "difference": difference,
+                                   "p_value": p_value, "verdict": verdict(difference, p_value)})
+    atomic_write_json(os.path.join(out, "summary.json"), {"arms": rows, "claims": claims}, indent=1)
+    table = _markdown(rows, claims)
     atomic_write_bytes(os.path.join(out, "results_table.md"), (table + "\n").encode())
     _plot(results, rows, out)
     return rows, table
+
+
+def _markdown(rows, claims):
+    def cell(row, metric, digits):
+        if row[f"{metric}_mean"] is None:
+            return "n/a", "n/a"
+        per_seed = ", ".join("-" if v is None else f"{v:.{digits}f}" for v in row[f"{metric}_per_seed"])
+        return f"{row[f'{metric}_mean']:.{digits}f} ± {row[f'{metric}_std']:.{digits}f}", per_seed
+
+    header = ["arm", "seeds"]
+    for metric, name in METRICS.items():
+        chances = {round(r[f"{metric}_chance"], 1) for r in rows if f"{metric}_chance" in r}
+        chance = f" (chance {chances.pop():.1f})" if len(chances) == 1 else ""
+        header += [f"{name}{chance}, mean ± std", "per seed"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for r in rows:
+        cells = [r["arm"], str(len(r["seeds"]))]
+        for metric in METRICS:
+            cells += cell(r, metric, 2 if metric == "bbox_AP" else 1)
+        lines.append("| " + " | ".join(cells) + " |")
+    if claims:
+        lines += ["", "| claim | metric | difference of means | Welch p | at p < 0.05 |",
+                  "| --- | --- | --- | --- | --- |"]
+        for c in claims:
+            p_value = "n/a" if c["p_value"] is None else f"{c['p_value']:.3f}"
+            lines.append(f"| {c['claim']} | {METRICS[c['metric']]} | {c['difference']:+.2f} | {p_value} | "
+                         f"{c['verdict']} |")
+    return "\n".join(lines)
 
 
 def finished_results(out):
@@ -257,17 +354,27 @@ def _plot(results, rows, out):
     ax.set_xlabel("iteration")
     ax.set_ylabel("pretraining loss")
     ax.set_title("Pretraining loss per arm (each method's own loss scale)")
-    ax.legend(fontsize=6)
+    if ax.lines:
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "loss_curves.png"), dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 4))
     names = [r["arm"] for r in rows]
-    ax.bar(names, [r["bbox_AP_mean"] for r in rows], yerr=[r["bbox_AP_std"] for r in rows], capsize=4)
-    ax.set_ylabel("COCO box AP on the scene val set")
-    ax.set_title("Detection transfer (mean ± std over seeds)")
-    plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+    for ax, (metric, name) in zip(axes, METRICS.items()):
+        means = [np.nan if r[f"{metric}_mean"] is None else r[f"{metric}_mean"] for r in rows]
+        stds = [0.0 if r[f"{metric}_std"] is None else r[f"{metric}_std"] for r in rows]
+        ax.bar(names, means, yerr=stds, capsize=4)
+        for i, r in enumerate(rows):  # every seed as a dot: with 3 seeds the spread says more than a bar
+            seeds = [v for v in r[f"{metric}_per_seed"] if v is not None]
+            ax.plot([i] * len(seeds), seeds, "k.", markersize=4)
+        chances = [r[f"{metric}_chance"] for r in rows if f"{metric}_chance" in r]
+        if chances:
+            ax.axhline(np.mean(chances), color="grey", linestyle="--", label="chance")
+            ax.legend(fontsize=7)
+        ax.set_title(f"{name} (mean ± std)", fontsize=9)
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right", fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "ap_per_arm.png"), dpi=120)
     plt.close(fig)
