@@ -228,3 +228,20 @@ def test_random_init_backbone_follows_the_seed(linear_eval):
     first, again, other = (linear_eval.build_frozen_backbone(cfg, None, seed).state_dict() for seed in (0, 0, 1))
     name = "stem.conv1.weight"
     assert torch.equal(first[name], again[name]) and not torch.equal(first[name], other[name])
+
+
+def test_object_classifier_control_fits_its_objects_and_loads_into_the_probe(linear_eval, synthetic_coco, tmp_path):
+    control = _load_tool("train_object_classifier")
+    config = os.path.join(REPO, "configs", "demo", "oac_moco_r18_demo.yaml")
+    output = str(tmp_path / "control.pth")
+    accuracies = control.main(["--config-file", config, "--dataset", synthetic_coco["name"], "--output", output,
+                               "--crop-size", "32", "--epochs", "15", "--batch-size", "16"])
+    assert accuracies[-1] >= 0.8 and accuracies[-1] > accuracies[0]  # a supervised ResNet fits its own objects
+    initial = linear_eval.build_frozen_backbone(get_pretrain_cfg(config), None, seed=0).state_dict()
+    trained = torch.load(output)["model"]
+    assert not torch.equal(trained["res2.0.conv1.weight"], initial["res2.0.conv1.weight"])  # the ResNet trained too
+    # the probe builds the ResNet from it with every tensor present (build_frozen_backbone raises otherwise)
+    result = linear_eval.main(["--config-file", config, "--weights", output, "--task", "objects",
+                               "--train-dataset", synthetic_coco["name"], "--test-dataset", synthetic_coco["name"],
+                               "--resize", "64", "--epochs", "30"])
+    assert 0.0 <= result["top1"] <= 1.0

@@ -44,7 +44,7 @@ import objpretrain  # noqa: F401  (registers datasets)
 from objpretrain.checkpoint import convert_state_dict, load_state_dict
 from objpretrain.config import get_pretrain_cfg
 from objpretrain.data.datasets import register_datasets_from_cfg
-from objpretrain.data.image_io import BadImageError, read_image_rgb
+from objpretrain.data.image_io import BadImageError, read_annotated_images, read_image_rgb
 from objpretrain.utils.atomic_io import atomic_write
 
 logger = logging.getLogger("linear_eval")
@@ -208,16 +208,7 @@ def extract_object_features(backbone, dataset_dicts, cfg, resize, device):
     strides = {name: backbone.output_shape()[name].stride for name in ("res4", "res5")}
     backbone.to(device)
     features, labels = [], []
-    for d in dataset_dicts:
-        annotations = [a for a in d.get("annotations", []) if not a.get("iscrowd", 0)]
-        if not annotations:
-            continue
-        try:
-            image, _ = read_image_rgb(d["file_name"])
-        except BadImageError as error:
-            logger.warning("skipping %s (%s)", d["file_name"], error.reason)
-            continue
-        tensor = torch.from_numpy(np.require(image, requirements="W")).permute(2, 0, 1)
+    for _, tensor, annotations in read_annotated_images(dataset_dicts, logger):
         scale = resize / min(tensor.shape[1:])
         tensor = (TF.resize(tensor, [resize], antialias=True).float() - mean) / std
         maps = backbone(tensor[None].to(device))

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-__all__ = ["BadImageError", "read_image_rgb", "resize_rgb", "HUGE_IMAGE_SIDE"]
+__all__ = ["BadImageError", "read_image_rgb", "read_annotated_images", "resize_rgb", "HUGE_IMAGE_SIDE"]
 
 # Longer sides above this are reported as "huge" (decoded at reduced size when max_size allows).
 HUGE_IMAGE_SIDE = 8000
@@ -115,6 +115,22 @@ def _decode(img, max_size, min_scale, notes):
         new_w, new_h = max(1, round(orig_w * scale)), max(1, round(orig_h * scale))
         image = resize_rgb(image, new_h, new_w)
     return np.ascontiguousarray(image), (orig_h, orig_w)
+
+
+def read_annotated_images(dataset_dicts, logger):
+    """Yields (dataset dict, ``3 x H x W`` uint8 tensor, its non-crowd annotations) for every image of
+    ``dataset_dicts`` that has a non-crowd annotation and can be read; an unreadable one is logged on
+    ``logger`` and skipped."""
+    for d in dataset_dicts:
+        annotations = [a for a in d.get("annotations", []) if not a.get("iscrowd", 0)]
+        if not annotations:
+            continue
+        try:
+            image, _ = read_image_rgb(d["file_name"])
+        except BadImageError as error:
+            logger.warning("skipping %s (%s)", d["file_name"], error.reason)
+            continue
+        yield d, torch.from_numpy(np.require(image, requirements="W")).permute(2, 0, 1), annotations
 
 
 def resize_rgb(image, height, width):
