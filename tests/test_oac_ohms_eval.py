@@ -245,3 +245,26 @@ def test_object_classifier_control_fits_its_objects_and_loads_into_the_probe(lin
                                "--train-dataset", synthetic_coco["name"], "--test-dataset", synthetic_coco["name"],
                                "--resize", "64", "--epochs", "30"])
     assert 0.0 <= result["top1"] <= 1.0
+
+
+def test_class_indices_map_to_sorted_training_labels_and_reject_unseen_test_labels(linear_eval):
+    targets = linear_eval.class_indices({"train": ["dog", "cat", "dog"], "test": ["cat", "cat"]}, "classes")
+    assert targets["train"].tolist() == [1, 0, 1] and targets["test"].tolist() == [0, 0]
+    with pytest.raises(ValueError, match=r"test classes absent from the training set: \['bird'\]"):
+        linear_eval.class_indices({"train": ["dog"], "test": ["bird", "dog"]}, "classes")
+
+
+def test_single_label_probe_skips_unreadable_images_and_reports_the_majority_chance(linear_eval, synthetic_coco,
+                                                                                     tmp_path):
+    dicts = [{"file_name": d["file_name"], "image_id": d["image_id"], "label": f"c{d['annotations'][0]['category_id']}"}
+             for d in DatasetCatalog.get(synthetic_coco["name"])]
+    dicts.append({"file_name": str(tmp_path / "missing.png"), "image_id": "missing", "label": "only_unreadable"})
+    name = "synthetic_single_label"
+    if name not in DatasetCatalog.list():
+        DatasetCatalog.register(name, lambda: dicts)
+    result = linear_eval.main(["--config-file", os.path.join(REPO, "configs", "demo", "oac_moco_r18_demo.yaml"),
+                               "--random-init", "--task", "singlelabel", "--train-dataset", name, "--test-dataset",
+                               name, "--resize", "64", "--crop", "64", "--epochs", "30"])
+    labels = [d["label"] for d in dicts[:-1]]
+    assert result["num_train"] == result["num_test"] == len(labels)  # the unreadable image is left out
+    assert result["chance_top1"] == pytest.approx(max(labels.count(c) for c in set(labels)) / len(labels))

@@ -118,6 +118,17 @@ def singlelabel_names(dataset_dicts):
     return names
 
 
+def class_indices(labels, what):
+    """``{split: array of indices into the sorted training labels}`` for ``labels = {"train": [...], "test":
+    [...]}``; raises when a test label never occurs in training (the probe could not predict it)."""
+    classes = sorted(set(labels["train"]))
+    unknown = sorted(set(labels["test"]) - set(classes))
+    if unknown:
+        raise ValueError(f"test {what} absent from the training set: {unknown[:5]}")
+    index = {c: i for i, c in enumerate(classes)}
+    return {split: np.asarray([index[v] for v in values], dtype=np.int64) for split, values in labels.items()}
+
+
 def num_classes_of(dataset_name, dataset_dicts):
     classes = MetadataCatalog.get(dataset_name).get("thing_classes")
     if classes:
@@ -322,23 +333,13 @@ def main(argv=None):
         features[split] = cached_features(backbone, name, dicts[split], cfg, args)
 
     if objects:
-        targets = {split: features[split][1] for split in dicts}
-        unknown = sorted(set(targets["test"].tolist()) - set(targets["train"].tolist()))
-        if unknown:
-            raise ValueError(f"test categories absent from the training boxes: {unknown[:5]}")
-        classes = np.unique(targets["train"])
-        targets = {split: np.searchsorted(classes, targets[split]) for split in dicts}
+        targets = class_indices({split: features[split][1].tolist() for split in dicts}, "categories of boxes")
     elif multilabel:
         num_classes = num_classes_of(args.train_dataset, dicts["train"])
         targets = {split: multilabel_targets(dicts[split], num_classes)[features[split][1]] for split in dicts}
     else:
-        names = {split: singlelabel_names(dicts[split]) for split in dicts}
-        classes = sorted(set(names["train"]))
-        index = {c: i for i, c in enumerate(classes)}
-        unknown = sorted(set(names["test"]) - set(classes))
-        if unknown:
-            raise ValueError(f"test classes absent from the training set: {unknown[:5]}")
-        targets = {split: np.asarray([index[n] for n in names[split]])[features[split][1]] for split in dicts}
+        targets = class_indices({split: singlelabel_names(dicts[split]) for split in dicts}, "classes")
+        targets = {split: targets[split][features[split][1]] for split in dicts}
 
     score = train_linear_probe(features["train"][0], targets["train"], multilabel, args.epochs, args.lr,
                                args.weight_decay, args.probe_batch_size, args.seed)
