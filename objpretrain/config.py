@@ -47,6 +47,29 @@ def _add_general_config(cfg):
     # Iterations between console/JSON/TensorBoard metric writes; each written value is the median over
     # that period (1 writes every iteration's raw values).
     _C.OBJPRETRAIN.LOG_PERIOD = 20
+    # Health monitors (objpretrain/engine/health.py, docs/pretraining.md): embedding spread, losses beside their
+    # collapse values, backbone movement, online-target distance, view retrieval against the initial weights.
+    _C.OBJPRETRAIN.HEALTH = CN()
+    _C.OBJPRETRAIN.HEALTH.ENABLED = True
+    # Iterations between measurements; 0 = OBJPRETRAIN.LOG_PERIOD.
+    _C.OBJPRETRAIN.HEALTH.PERIOD = 0
+    # An embedding whose mean cosine to the batch-mean direction is at least this is collapsed. A random
+    # ResNet's embeddings sit at 0.90-0.96 on the study's scenes; a learning MoCo-v2 falls to 0.6-0.8.
+    _C.OBJPRETRAIN.HEALTH.COLLAPSE_COSINE = 0.98
+    # A ResNet stage whose weights changed by less than this (relative) in one period is not moving.
+    _C.OBJPRETRAIN.HEALTH.MIN_MOVEMENT = 1e-4
+    # Periods in a row a monitor must be unhealthy before the warning (and the stop).
+    _C.OBJPRETRAIN.HEALTH.PATIENCE = 5
+    # Stop the run (TrainingCollapsedError) when a monitor stays unhealthy for PATIENCE periods.
+    _C.OBJPRETRAIN.HEALTH.STOP_ON_COLLAPSE = False
+    # View retrieval every this many iterations (0: never); on RETRIEVAL_IMAGES images of RETRIEVAL_DATASET (a
+    # registered dataset, ideally held out; "" = the first of DATASETS.TRAIN), at RETRIEVAL_SIZE px (0 = the
+    # training view size), views drawn once from RETRIEVAL_SEED.
+    _C.OBJPRETRAIN.HEALTH.RETRIEVAL_PERIOD = 0
+    _C.OBJPRETRAIN.HEALTH.RETRIEVAL_DATASET = ""
+    _C.OBJPRETRAIN.HEALTH.RETRIEVAL_IMAGES = 128
+    _C.OBJPRETRAIN.HEALTH.RETRIEVAL_SIZE = 0
+    _C.OBJPRETRAIN.HEALTH.RETRIEVAL_SEED = 0
 
 
 def _add_soco_config(cfg):

@@ -95,12 +95,18 @@ def test_study_smoke_run_reports_every_arm(tmp_path):
     assert set(rows) == {"random_init", "byol_whole_image", "soco", "moco_scene", "moco_obj_obj_dilate"}
     for arm, row in rows.items():
         assert row["seeds"] == [0], arm
-        for metric in ("bbox_AP", "linear_probe_map", "object_probe_top1"):  # random init is probed too
+        for metric in ("view_retrieval", "bbox_AP", "linear_probe_map", "object_probe_top1"):  # random init too
             assert np.isfinite(row[f"{metric}_mean"]), (arm, metric)
         assert 0 < row["linear_probe_map_chance"] < 100 and 0 < row["object_probe_top1_chance"] < 100, arm
-    assert {c["verdict"] for c in summary["claims"]} == {"too few seeds"} and len(summary["claims"]) == 12
-    for name in ("loss_curves.png", "ap_per_arm.png", "results_table.md"):
+        assert row["view_retrieval_chance"] == pytest.approx(100 / 8), arm
+        if arm != "random_init":  # every pretrained arm reports its health from the monitors
+            for name in ("cosine_to_mean", "spread", "res5_moved", "retrieval_monitor", "retrieval_monitor_initial"):
+                assert np.isfinite(row[f"health_{name}_mean"]), (arm, name)
+    # 4 arms against random init, SoCo against BYOL, obj-obj+dilate against scene; on 4 metrics each
+    assert {c["verdict"] for c in summary["claims"]} == {"too few seeds"} and len(summary["claims"]) == 24
+    for name in ("loss_curves.png", "ap_per_arm.png", "health_curves.png", "results_table.md"):
         assert (out / name).stat().st_size > 0
+    assert "final cosine to mean" in (out / "results_table.md").read_text()
     # finished arms keep their converted weights but not the training checkpoints
     assert not list(out.glob("*_seed0/*/model_*.pth")) and all((out / f"{arm}_seed0" / "converted.pkl").exists()
                                                 for arm in rows if arm != "random_init")
@@ -154,5 +160,6 @@ def test_summary_tests_each_claimed_ordering(tmp_path):
     assert claims[("byol_whole_image > random_init", "bbox_AP")]["verdict"] == "reversed"
     assert claims[("soco > random_init", "object_probe_top1")]["verdict"] == "holds"
     assert not any("moco" in claim for claim, _ in claims)  # arms that did not run are not compared
-    assert "image probe mAP (chance 60.0)" in table and "| soco | 3 | 3.10 ± 0.10 |" in table
+    assert "image probe mAP (chance 60.0)" in table and "| soco | 3 | 35.5 ± 0.5 |" in table
+    assert "view retrieval" not in table  # a metric no arm has is left out
     assert (tmp_path / "ap_per_arm.png").stat().st_size > 0

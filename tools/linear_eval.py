@@ -10,6 +10,9 @@ The features are extracted once and cached (``--cache-dir``), then a linear laye
   binary cross-entropy, reported as mAP over the classes with a positive test image;
 - single-label (a dict's ``label``, else the top folder of its ``image_id``, as in ImageNet-style trees):
   cross-entropy, reported as top-1 accuracy;
+- view retrieval (``--task retrieval``): no probe is trained; two augmented views of each test image
+  (``objpretrain.evaluation.view_retrieval``, at ``--crop`` px) and the top-1 rate of finding one from the other,
+  the pretext task of image-level SSL measured on held-out images, as the pretraining health monitor does;
 - objects (``--task objects``, COCO-style sets): every annotated box is one sample, its features RoIAligned
   from res4 and res5 of the whole resized image; cross-entropy over the categories, top-1. Not a protocol of
   either paper: it asks directly whether the frozen features tell objects apart, which is what object-level
@@ -17,6 +20,13 @@ The features are extracted once and cached (``--cache-dir``), then a linear laye
 
 Every result also reports the chance level (a constant score), and ``--random-init`` probes a randomly
 initialized ResNet: the two floors a pretrained backbone has to clear.
+
+BatchNorm (``--bn-stats``): by default every backbone, random init included, has its BatchNorm statistics
+re-estimated at the probe's own resolution, on up to ``--bn-images`` training images preprocessed as the probe
+preprocesses them (``objpretrain.evaluation.view_retrieval.reestimate_batchnorm``), before features are
+extracted in eval mode. Pretraining views are smaller than the probe's images (48-96 px against 128-256 px), and a
+random init's statistics are the unit ones; ``--bn-stats checkpoint`` keeps the weights' own statistics. The result
+records which was used.
 
 Runs on CPU for small sets. Example:
     python tools/linear_eval.py --config-file configs/oac/moco_v2_r50_obj_obj_dilate.yaml \\
@@ -45,6 +55,7 @@ from objpretrain.checkpoint import convert_state_dict, load_state_dict
 from objpretrain.config import get_pretrain_cfg
 from objpretrain.data.datasets import register_datasets_from_cfg
 from objpretrain.data.image_io import BadImageError, read_annotated_images, read_image_rgb
+from objpretrain.evaluation.view_retrieval import make_retrieval_views, reestimate_batchnorm, view_retrieval
 from objpretrain.utils.atomic_io import atomic_write
 
 logger = logging.getLogger("linear_eval")
@@ -235,6 +246,35 @@ def extract_object_features(backbone, dataset_dicts, cfg, resize, device):
     return torch.cat(features).numpy(), np.asarray(labels)
 
 
+@torch.no_grad()
+def reestimate_probe_batchnorm(backbone, dataset_dicts, cfg, args):
+    """Re-estimates the backbone's BatchNorm statistics on up to ``args.bn_images`` training images at the probe's
+    resolution (module docstring); returns the number of images used."""
+    mean = torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1)
+    std = torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1)
+    step = max(1, len(dataset_dicts) // max(args.bn_images, 1))
+    images = []
+    for d in dataset_dicts[::step][: args.bn_images]:
+        try:
+            if args.task == "objects":  # the whole resized image, as extract_object_features sees it
+                image, _ = read_image_rgb(d["file_name"])
+                tensor = torch.from_numpy(np.require(image, requirements="W")).permute(2, 0, 1)
+                images.append((TF.resize(tensor, [args.resize], antialias=True).float() - mean) / std)
+            else:
+                images.append(preprocess(d["file_name"], args.resize, args.crop, mean, std))
+        except BadImageError as error:
+            logger.warning("BatchNorm re-estimation: skipping %s (%s)", d["file_name"], error.reason)
+    if not images:
+        raise ValueError("no readable training image to re-estimate the BatchNorm statistics on")
+    backbone.to(args.device)
+    same_size = len({tuple(x.shape) for x in images}) == 1
+    batches = torch.stack(images).split(args.batch_size) if same_size else [x[None] for x in images]
+    reestimate_batchnorm(backbone, [lambda b=b: backbone(b.to(args.device)) for b in batches])
+    backbone.requires_grad_(False)
+    logger.info("BatchNorm statistics re-estimated on %d training images at the probe's resolution", len(images))
+    return len(images)
+
+
 def cached_features(backbone, dataset_name, dataset_dicts, cfg, args):
     """Features of ``dataset_name``, read from / written to ``args.cache_dir`` (keyed by weights and sizes).
 
@@ -248,7 +288,7 @@ def cached_features(backbone, dataset_name, dataset_dicts, cfg, args):
             stat = os.stat(args.weights)
             source = f"{os.path.abspath(args.weights)}|{stat.st_size}|{stat.st_mtime_ns}"
         key = f"{source}|{args.task == 'objects'}|{args.resize}|{args.crop}|{len(dataset_dicts)}|" \
-              f"{cfg.MODEL.RESNETS.DEPTH}"
+              f"{cfg.MODEL.RESNETS.DEPTH}|{args.bn_stats}|{args.bn_images}"
         digest = hashlib.sha1(key.encode()).hexdigest()[:12]
         cache = os.path.join(args.cache_dir, f"{dataset_name}_{digest}.npz")
         if os.path.isfile(cache):
@@ -303,9 +343,11 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initialization and of the probe")
     parser.add_argument("--train-dataset", required=True)
     parser.add_argument("--test-dataset", required=True)
-    parser.add_argument("--task", choices=("auto", "multilabel", "singlelabel", "objects"), default="auto",
+    parser.add_argument("--task", choices=("auto", "multilabel", "singlelabel", "objects", "retrieval"),
+                        default="auto",
                         help="auto: multi-label when the dicts have 'labels' or 'annotations'; objects: classify "
-                             "each annotated box from its RoIAligned res4 + res5 features (top-1)")
+                             "each annotated box from its RoIAligned res4 + res5 features (top-1); retrieval: find "
+                             "each test image's second augmented view (top-1), no probe trained")
     parser.add_argument("--resize", type=int, default=256)
     parser.add_argument("--crop", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=64, help="feature extraction batch")
@@ -313,6 +355,10 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--probe-batch-size", type=int, default=256)
+    parser.add_argument("--bn-stats", choices=("reestimate", "checkpoint"), default="reestimate",
+                        help="re-estimate BatchNorm statistics at the probe's resolution (default), or keep the "
+                             "weights' own")
+    parser.add_argument("--bn-images", type=int, default=256, help="training images for the re-estimation")
     parser.add_argument("--cache-dir", help="cache extracted features here")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", help="write the result as JSON here")
@@ -325,7 +371,11 @@ def main(argv=None):
     backbone = build_frozen_backbone(cfg, args.weights, args.seed)
     dicts = {split: DatasetCatalog.get(name) for split, name in
              (("train", args.train_dataset), ("test", args.test_dataset))}
+    if args.task == "retrieval":
+        return write_result(args, retrieval_result(backbone, dicts["test"], cfg, args))
     objects = args.task == "objects"
+    if args.bn_stats == "reestimate":
+        reestimate_probe_batchnorm(backbone, dicts["train"], cfg, args)
     multilabel = args.task == "multilabel" or (
         args.task == "auto" and any("labels" in d or "annotations" in d for d in dicts["train"][:100]))
     features = {}
@@ -346,7 +396,8 @@ def main(argv=None):
     test_scores = score(features["test"][0])
     result = {"weights": args.weights or f"random init (seed {args.seed})", "train_dataset": args.train_dataset,
               "test_dataset": args.test_dataset,
-              "num_train": len(features["train"][1]), "num_test": len(features["test"][1])}
+              "num_train": len(features["train"][1]), "num_test": len(features["test"][1]),
+              "bn_stats": args.bn_stats}
     if multilabel:
         result["mAP"], per_class = mean_average_precision(test_scores, targets["test"])
         result["AP_per_class"] = [None if np.isnan(ap) else ap for ap in per_class]
@@ -359,10 +410,26 @@ def main(argv=None):
         result["top1"] = top1_accuracy(test_scores, targets["test"])
         result["chance_top1"] = float(np.bincount(targets["test"]).max() / len(targets["test"]))  # the majority class
         print(f"linear probe top-1: {100 * result['top1']:.2f} (chance {100 * result['chance_top1']:.2f})")
+    return write_result(args, result)
+
+
+def retrieval_result(backbone, dataset_dicts, cfg, args):
+    """View retrieval of the frozen backbone on the test images (BatchNorm re-estimated on the views themselves)."""
+    files = [d["file_name"] for d in dataset_dicts]
+    views = make_retrieval_views(files, args.crop, seed=0)  # the same views for every weights and --seed
+    mean = torch.tensor(cfg.MODEL.PIXEL_MEAN).view(1, -1, 1, 1).to(args.device)
+    std = torch.tensor(cfg.MODEL.PIXEL_STD).view(1, -1, 1, 1).to(args.device)
+    top1 = view_retrieval(backbone, lambda m, x: m(x)["res5"].mean(dim=(2, 3)), views,
+                          lambda x: (x.to(args.device).float() - mean) / std, device=args.device)
+    print(f"view retrieval top-1: {100 * top1:.2f} (chance {100 * views.chance:.2f})")
+    return {"weights": args.weights or f"random init (seed {args.seed})", "test_dataset": args.test_dataset,
+            "num_test": len(views), "top1": top1, "chance_top1": views.chance,
+            "bn_stats": "re-estimated on the retrieval views"}
+
+
+def write_result(args, result):
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=2)
+        atomic_write(args.output, lambda f: f.write(json.dumps(result, indent=2).encode()))
     return result
 
 

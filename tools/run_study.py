@@ -1,27 +1,31 @@
 #!/usr/bin/env python
-"""A small, seeded reproduction study of the orderings SoCo and OAC claim (``make study``).
+"""A small, seeded reproduction study of the orderings SoCo and OAC claim (``make study``), with every arm's health.
 
-Arms, each pretrained on the same unlabelled multi-object scenes and fine-tuned the same way:
+Arms, each pretrained on the same unlabelled multi-object scenes in the CPU learning regime of the demo configs
+(docs/results.md: weak augmentation, warm-up then cosine, BN heads, EMA 0.99):
 
-- ``random_init``: no pretraining (the detector trains from scratch);
+- ``random_init``: no pretraining;
 - ``byol_whole_image``: BYOL on two random crops of the whole image (SoCo's image-level baseline);
 - ``soco``: SoCo with FPN, the 4conv1fc box head and scale-aware assignment;
 - ``moco_scene``: MoCo-v2 with scene-scene crops (OAC's baseline);
 - ``moco_obj_obj_dilate``: MoCo-v2 with obj-obj+dilate crops and separate heads (OAC §4.1).
 
-Each pretrained model is converted with tools/convert_ckpt.py (``--to d2-fpn``: image-level models give the
-bottom-up ResNet only, as in the papers' transfer protocol), fine-tuned as a Faster R-CNN R18-FPN with
-tools/train_net.py and evaluated with COCO AP. Every arm, random init included, is also probed on frozen
-features with tools/linear_eval.py: multi-label image classification (mAP, OAC's protocol) and classification of
-each annotated object (top-1), each beside its chance level. Seeds are repeated and reported as mean ± std.
-Every stage is one of the project's own commands, printed before it runs; results are written as JSON, a
-Markdown table and plots.
+Pretraining runs with the health monitors (objpretrain/engine/health.py): spread of the embeddings, losses beside
+their collapse values, backbone movement and view retrieval on the held-out split, against the initial weights.
+Each pretrained model is converted with tools/convert_ckpt.py (``--to d2-fpn``) and every arm, random init
+included, is measured on frozen features with tools/linear_eval.py, BatchNorm statistics re-estimated at each
+probe's resolution: view retrieval on held-out scenes (the pretext task), classification of each annotated object
+(top-1) and multi-label image classification (mAP, OAC's protocol), each beside its chance level. With
+``--finetune-iters N`` each arm is also fine-tuned as a Faster R-CNN R18-FPN (COCO AP); at 400 CPU iterations that
+AP is dominated by the batch order, so the full CPU study leaves it out. Seeds are repeated and reported as mean
+± std. Every stage is one of the project's own commands, printed before it runs; results are written as JSON, a
+Markdown table and plots (the monitors' curves included).
 
-Claims checked (see docs/results.md), each with Welch's t-test over seeds on every metric: SoCo > whole-image
-BYOL > random init on detection transfer (SoCo Table 4); obj-obj+dilate > scene cropping on multi-object
-images (OAC Tables 4 to 6).
+Claims checked (see docs/results.md), each with Welch's t-test over seeds on every metric: every pretrained arm
+> random init; SoCo > whole-image BYOL > random init (SoCo Table 4); obj-obj+dilate > scene cropping on
+multi-object images (OAC Tables 4 to 6).
 
-    python tools/run_study.py --output output/study                 # the full study (about 2 h on 2 cores)
+    python tools/run_study.py --output output/study                 # the full study (about 1 h on 2 cores)
     python tools/run_study.py --output output/study --seeds 0       # one seed of it
     python tools/run_study.py --output output/study_smoke --smoke   # one seed, a few iterations per arm
     python tools/run_study.py --output output/study --summarize-only  # tables and plots of what finished
@@ -66,6 +70,9 @@ PROBE_CONFIG_RANDOM_INIT = ARMS["byol_whole_image"][0]
 # result key -> (linear_eval.py --task, --resize and --crop, its metric, that metric's chance level), in percent;
 # every arm is probed, random init included.
 PROBES = {
+    # The pretext task of image-level SSL on held-out scenes: find each image's second augmented view among all
+    # second views, at the pretraining view size; what a learning network must beat random init at.
+    "view_retrieval": ("retrieval", 64, "top1", "chance_top1"),
     # OAC's protocol: multi-label classification of the image from pooled res5 (OAC §3), at the scenes' 128 px.
     "linear_probe_map": ("multilabel", 128, "mAP", "chance_mAP"),
     # Each annotated object classified from its RoIAligned res4 + res5, at the finetuning scale (256 px): the
@@ -76,10 +83,10 @@ PROBES = {
 SCALES = {
     # pretrain images, finetune train / val images, pretraining and finetuning iterations, linear-probe epochs
     # Sized for about 2 hours on 2 idle CPU cores (docs/results.md has the measured wall time).
-    "full": dict(pretrain_images=1024, train_images=256, val_images=128, pretrain_iters=300,
-                 finetune_iters=400, probe_epochs=100, seeds=(0, 1, 2)),
+    "full": dict(pretrain_images=1024, train_images=256, val_images=128, pretrain_iters=None,
+                 finetune_iters=0, probe_epochs=100, retrieval_period=50, seeds=(0, 1, 2)),
     "smoke": dict(pretrain_images=16, train_images=8, val_images=8, pretrain_iters=4,
-                  finetune_iters=4, probe_epochs=2, seeds=(0,)),
+                  finetune_iters=4, probe_epochs=2, retrieval_period=2, seeds=(0,)),
 }
 
 
@@ -95,6 +102,11 @@ def run(cmd, log):
     return time.time() - start
 
 
+# The scenes (objpretrain.data.datasets.scenes): 8-16 objects of mixed classes, class-determined textures, colour
+# random per object, so whole-image crops mix classes while object crops isolate one (docs/results.md).
+SCENES = dict(min_objects=8, max_objects=16, clutter=16, class_textures=True, side_range=(14, 36))
+
+
 def make_data(out, scale):
     from objpretrain.data.datasets.scenes import make_scene_coco
 
@@ -105,7 +117,7 @@ def make_data(out, scale):
         folder = os.path.join(out, "data", split)
         json_path = os.path.join(folder, "annotations.json")
         if not os.path.exists(json_path):
-            make_scene_coco(folder, num_images=count, image_size=128, seed=seed)
+            make_scene_coco(folder, num_images=count, image_size=128, seed=seed, **SCENES)
         data[split] = (json_path, os.path.join(folder, "images"))
     return data
 
@@ -122,15 +134,22 @@ def last_metric(metrics_json, key):
     return value
 
 
-def loss_curve(metrics_json):
-    iters, losses = [], []
+def metric_curves(metrics_json, keys):
+    """``{key: ([iteration], [value])}`` of every key in ``keys`` (str prefixes) found in a Detectron2 metrics.json."""
+    curves = {}
     with open(metrics_json) as f:
         for line in f:
             record = json.loads(line)
-            if "total_loss" in record:
-                iters.append(record["iteration"])
-                losses.append(record["total_loss"])
-    return iters, losses
+            for key, value in record.items():
+                if key.startswith(keys):
+                    curves.setdefault(key, ([], []))
+                    curves[key][0].append(record["iteration"])
+                    curves[key][1].append(value)
+    return curves
+
+
+def loss_curve(metrics_json):
+    return metric_curves(metrics_json, ("total_loss",)).get("total_loss", ([], []))
 
 
 def run_arm(arm, seed, out, data, scale, py, keep_checkpoints=False, device="cpu", workers=2):
@@ -159,21 +178,41 @@ def run_arm(arm, seed, out, data, scale, py, keep_checkpoints=False, device="cpu
     if ARMS[arm] is not None:
         config, overrides = ARMS[arm]
         pretrain_dir = os.path.join(arm_dir, "pretrain")
+        # The configs' own MAX_ITER unless the scale or --pretrain-iters sets one.
+        iterations = [] if scale["pretrain_iters"] is None else ["SOLVER.MAX_ITER", scale["pretrain_iters"]]
         result["seconds"]["pretrain"] = run(
             [py, "tools/pretrain_net.py", "--config-file", config, *overrides,
              "DATASETS.IMAGE_FOLDER_REGISTER", f"('study_pretrain:{pretrain_images}',)",
+             "DATASETS.COCO_JSON_REGISTER", f"({register[1]!r},)",
              "DATASETS.TRAIN", "('study_pretrain',)",
              "DATASETS.PROPOSAL_FILES_TRAIN", f"('{os.path.join(out, 'data', 'proposals.pkl')}',)",
-             "SOLVER.MAX_ITER", scale["pretrain_iters"], "SOLVER.CHECKPOINT_PERIOD", scale["pretrain_iters"] + 1,
+             *iterations, "SOLVER.CHECKPOINT_PERIOD", 100000,
+             "OBJPRETRAIN.HEALTH.RETRIEVAL_DATASET", "study_val",
+             "OBJPRETRAIN.HEALTH.RETRIEVAL_PERIOD", scale["retrieval_period"],
              "SEED", seed, "OUTPUT_DIR", pretrain_dir, *runtime],
             os.path.join(arm_dir, "pretrain.log"))
-        result["pretrain_loss_curve"] = loss_curve(os.path.join(pretrain_dir, "metrics.json"))
+        metrics = os.path.join(pretrain_dir, "metrics.json")
+        result["pretrain_loss_curve"] = loss_curve(metrics)
+        result["health_curves"] = metric_curves(metrics, ("health/", "total_loss", "loss_"))
+        with open(os.path.join(pretrain_dir, "health_summary.json")) as f:
+            result["health"] = json.load(f)
         checkpoint = os.path.join(pretrain_dir, "model_final.pth")
         weights = os.path.join(arm_dir, "converted.pkl")
         run([py, "tools/convert_ckpt.py", checkpoint, weights, "--to", "d2-fpn"], os.path.join(arm_dir, "convert.log"))
     run_probes(arm, seed, arm_dir, result, data, scale, py, device)
-    finetune_dir = os.path.join(arm_dir, "finetune")
     iters = scale["finetune_iters"]
+    if iters:
+        finetune(arm_dir, result, weights, data, iters, seed, py, runtime)
+    atomic_write_json(result_path, result)  # the marker that this arm is done: never half-written
+    if not keep_checkpoints:
+        remove_training_checkpoints(arm_dir)
+    return result
+
+
+def finetune(arm_dir, result, weights, data, iters, seed, py, runtime):
+    """Faster R-CNN R18-FPN fine-tuning from ``weights`` ("" = random init) and its COCO AP, into ``result``."""
+    register = coco_registrations(data)
+    finetune_dir = os.path.join(arm_dir, "finetune")
     result["seconds"]["finetune"] = run(
         [py, "tools/train_net.py", "--config-file", FINETUNE_CONFIG, "--register-coco", register[0],
          "--register-coco", register[1], "MODEL.WEIGHTS", weights, "MODEL.ROI_HEADS.NUM_CLASSES", 6,
@@ -185,10 +224,6 @@ def run_arm(arm, seed, out, data, scale, py, keep_checkpoints=False, device="cpu
         os.path.join(arm_dir, "finetune.log"))
     result["bbox_AP"] = last_metric(os.path.join(finetune_dir, "metrics.json"), "bbox/AP")
     result["bbox_AP50"] = last_metric(os.path.join(finetune_dir, "metrics.json"), "bbox/AP50")
-    atomic_write_json(result_path, result)  # the marker that this arm is done: never half-written
-    if not keep_checkpoints:
-        remove_training_checkpoints(arm_dir)
-    return result
 
 
 def coco_registrations(data):
@@ -240,10 +275,12 @@ def _mean_std(values):
 
 
 # The metrics of the summary: result key -> its name in the tables.
-METRICS = {"bbox_AP": "COCO box AP", "linear_probe_map": "image probe mAP", "object_probe_top1": "object probe top-1"}
-# The orderings the papers claim, (better, worse): SoCo Table 4 (with Table 1's BYOL baseline), OAC Tables 4-6.
-CLAIMS = [("soco", "byol_whole_image"), ("byol_whole_image", "random_init"), ("soco", "random_init"),
-          ("moco_obj_obj_dilate", "moco_scene")]
+METRICS = {"view_retrieval": "view retrieval top-1", "object_probe_top1": "object probe top-1",
+           "linear_probe_map": "image probe mAP", "bbox_AP": "COCO box AP"}
+# The orderings checked, (better, worse): every pretrained arm against random init (does it learn at all?), then
+# what the papers claim: SoCo Table 4 (with Table 1's BYOL baseline), OAC Tables 4-6.
+CLAIMS = [(arm, "random_init") for arm in ARMS if arm != "random_init"] + [
+    ("soco", "byol_whole_image"), ("moco_obj_obj_dilate", "moco_scene")]
 
 
 def compare(better, worse):
@@ -270,13 +307,17 @@ def summarize(results, out):
     Each row has, for every metric of :data:`METRICS`, ``<metric>_per_seed``, ``_mean``, ``_std`` and, for the
     probes, ``_chance``; summary.json also lists every claim of :data:`CLAIMS` with its test per metric.
     """
+    metrics = [m for m in METRICS if any(r.get(m) is not None for r in results)]  # bbox_AP only when fine-tuned
     rows = []
     for arm in ARMS:
         arm_results = sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"])
         if not arm_results:
             continue
         row = {"arm": arm, "seeds": [r["seed"] for r in arm_results]}
-        for metric in METRICS:
+        for name, value in health_values(arm_results).items():
+            row[f"health_{name}_per_seed"] = value
+            row[f"health_{name}_mean"], row[f"health_{name}_std"] = _mean_std(value)
+        for metric in metrics:
             values = [r.get(metric) for r in arm_results]
             row[f"{metric}_per_seed"] = values
             row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std(values)
@@ -288,20 +329,47 @@ def summarize(results, out):
     claims = []
     for better, worse in CLAIMS:
         if better in by_arm and worse in by_arm:
-            for metric in METRICS:
+            for metric in metrics:
                 values = [[v for v in by_arm[a][f"{metric}_per_seed"] if v is not None] for a in (better, worse)]
                 if all(values):
                     difference, p_value = compare(*values)
                     claims.append({"claim": f"{better} > {worse}", "metric": metric, "difference": difference,
                                    "p_value": p_value, "verdict": verdict(difference, p_value)})
     atomic_write_json(os.path.join(out, "summary.json"), {"arms": rows, "claims": claims}, indent=1)
-    table = _markdown(rows, claims)
+    table = _markdown(rows, claims, metrics)
     atomic_write_bytes(os.path.join(out, "results_table.md"), (table + "\n").encode())
-    _plot(results, rows, out)
+    _plot(results, rows, out, metrics)
+    _plot_health(results, out)
     return rows, table
 
 
-def _markdown(rows, claims):
+# Health values of the summary: name -> how to read it from an arm's health_summary.json (None when absent).
+HEALTH_COLUMNS = {
+    # the last embedding of the chain: the predictor where there is one (BYOL, SoCo), else the projector
+    "cosine_to_mean": lambda h: h.get("predictor_cosine_to_mean", h.get("projector_cosine_to_mean")),
+    "spread": lambda h: h.get("predictor_spread", h.get("projector_spread")),
+    "loss_over_collapse": lambda h: _mean_or_none([v for k, v in h.items() if k.endswith("_over_collapse")]),
+    "res5_moved": lambda h: h.get("move_res5_since_start"),
+    "stem_moved": lambda h: h.get("move_stem_since_start"),
+    "retrieval_monitor": lambda h: None if h.get("view_retrieval") is None else 100 * h["view_retrieval"],
+    "retrieval_monitor_initial": lambda h: (None if h.get("view_retrieval_initial") is None
+                                            else 100 * h["view_retrieval_initial"]),
+}
+
+
+def _mean_or_none(values):
+    return float(np.mean(values)) if values else None
+
+
+def health_values(arm_results):
+    """``{column: [value per seed]}`` of :data:`HEALTH_COLUMNS` for the arm's results that have a health summary."""
+    summaries = [r["health"] for r in arm_results if "health" in r]
+    if not summaries:
+        return {}
+    return {name: [read(h) for h in summaries] for name, read in HEALTH_COLUMNS.items()}
+
+
+def _markdown(rows, claims, metrics):
     def cell(row, metric, digits):
         if row[f"{metric}_mean"] is None:
             return "n/a", "n/a"
@@ -309,16 +377,26 @@ def _markdown(rows, claims):
         return f"{row[f'{metric}_mean']:.{digits}f} ± {row[f'{metric}_std']:.{digits}f}", per_seed
 
     header = ["arm", "seeds"]
-    for metric, name in METRICS.items():
+    for metric, name in ((m, METRICS[m]) for m in metrics):
         chances = {round(r[f"{metric}_chance"], 1) for r in rows if f"{metric}_chance" in r}
         chance = f" (chance {chances.pop():.1f})" if len(chances) == 1 else ""
         header += [f"{name}{chance}, mean ± std", "per seed"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for r in rows:
         cells = [r["arm"], str(len(r["seeds"]))]
-        for metric in METRICS:
+        for metric in metrics:
             cells += cell(r, metric, 2 if metric == "bbox_AP" else 1)
         lines.append("| " + " | ".join(cells) + " |")
+    health_rows = [r for r in rows if "health_cosine_to_mean_mean" in r]
+    if health_rows:
+        lines += ["", "| arm | final cosine to mean | final spread | loss / collapse value | res5 moved | stem moved "
+                  "| view retrieval (monitor) | same, initial weights |", "|" + " --- |" * 8]
+        for r in health_rows:
+            values = []
+            for name in HEALTH_COLUMNS:
+                mean, std = r[f"health_{name}_mean"], r[f"health_{name}_std"]
+                values.append("n/a" if mean is None else f"{mean:.3f} ± {std:.3f}")
+            lines.append(f"| {r['arm']} | " + " | ".join(values) + " |")
     if claims:
         lines += ["", "| claim | metric | difference of means | Welch p | at p < 0.05 |",
                   "| --- | --- | --- | --- | --- |"]
@@ -340,7 +418,7 @@ def finished_results(out):
     return results
 
 
-def _plot(results, rows, out):
+def _plot(results, rows, out, metrics):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -360,9 +438,9 @@ def _plot(results, rows, out):
     fig.savefig(os.path.join(out, "loss_curves.png"), dpi=120)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 4))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 4), squeeze=False)
     names = [r["arm"] for r in rows]
-    for ax, (metric, name) in zip(axes, METRICS.items()):
+    for ax, (metric, name) in zip(axes[0], ((m, METRICS[m]) for m in metrics)):
         means = [np.nan if r[f"{metric}_mean"] is None else r[f"{metric}_mean"] for r in rows]
         stds = [0.0 if r[f"{metric}_std"] is None else r[f"{metric}_std"] for r in rows]
         ax.bar(names, means, yerr=stds, capsize=4)
@@ -377,6 +455,50 @@ def _plot(results, rows, out):
         plt.setp(ax.get_xticklabels(), rotation=30, ha="right", fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "ap_per_arm.png"), dpi=120)
+    plt.close(fig)
+
+
+# Panels of health_curves.png: (title, metric key candidates in order of preference, y label).
+HEALTH_PANELS = [
+    ("embeddings: cosine to the batch-mean direction (1 = collapsed)",
+     ("health/predictor_cosine_to_mean", "health/projector_cosine_to_mean"), "cosine"),
+    ("loss / its collapse value", ("health/loss_moco_over_collapse", "health/loss_byol_over_collapse",
+                                   "health/loss_v1_v2_over_collapse"), "ratio"),
+    ("res5 weights moved since iteration 0", ("health/move_res5_since_start",), "relative change"),
+    ("view retrieval on held-out scenes", ("health/view_retrieval",), "top-1"),
+]
+
+
+def _plot_health(results, out):
+    """health_curves.png: the monitors of every pretrained arm and seed over the iterations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = [r for r in results if r.get("health_curves")]
+    if not curves:
+        return
+    colours = {arm: f"C{i}" for i, arm in enumerate(ARMS)}
+    fig, axes = plt.subplots(1, len(HEALTH_PANELS), figsize=(4.5 * len(HEALTH_PANELS), 4))
+    for ax, (title, keys, label) in zip(axes, HEALTH_PANELS):
+        for r in curves:
+            key = next((k for k in keys if k in r["health_curves"]), None)
+            if key is None:
+                continue
+            iters, values = r["health_curves"][key]
+            ax.plot(iters, values, color=colours[r["arm"]], alpha=0.8,
+                    label=r["arm"] if r["seed"] == min(c["seed"] for c in curves) else None)
+            if key == "health/view_retrieval" and "health/view_retrieval_initial" in r["health_curves"]:
+                ax.axhline(r["health_curves"]["health/view_retrieval_initial"][1][0], color=colours[r["arm"]],
+                           linestyle=":", alpha=0.6)
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=6)
+    axes[-1].text(0.02, 0.02, "dotted: initial weights", transform=axes[-1].transAxes, fontsize=6)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "health_curves.png"), dpi=120)
     plt.close(fig)
 
 

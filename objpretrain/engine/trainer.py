@@ -25,6 +25,7 @@ from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 from .checkpoint import AtomicDetectionCheckpointer
+from .health import HealthMonitorHook
 from .lars import LARS
 from .momentum import MomentumTargetHook, unwrap_model
 from .resumable import ResumableDataStreamMixin
@@ -282,6 +283,10 @@ class PretrainTrainer(ResumableDataStreamMixin, DefaultTrainer):
         if hasattr(unwrap_model(self.model), "momentum_update"):
             # Before the checkpointer, so a checkpoint includes its iteration's target update.
             ret.append(MomentumTargetHook(self.max_iter))
+        if self.cfg.OBJPRETRAIN.HEALTH.ENABLED and hasattr(unwrap_model(self.model), "image_features"):
+            # On every rank (a stop on collapse is agreed by all), before the writer so its scalars go out with
+            # the same iteration's metrics.
+            ret.append(HealthMonitorHook(self.cfg))
         if comm.is_main_process():
             # The writer before the checkpointer: an iteration whose checkpoint exists has its metrics written,
             # so a run killed between the two and resumed from that checkpoint leaves no gap in metrics.json.

@@ -6,7 +6,11 @@ from torch import nn
 
 class MomentumTargetModel(nn.Module):
     """Base of models holding ``online_network`` and ``target_network``; subclasses set both, and
-    ``momentum_base`` / ``momentum_end``, in their ``__init__``."""
+    ``momentum_base`` / ``momentum_end``, in their ``__init__``. They also implement ``image_features(images)``
+    (normalized images -> (N, C) pooled res5 of the online ResNet, for view retrieval) and set ``self.health``
+    (``objpretrain.modeling.health.HealthRecord``) in every training forward."""
+
+    health = None
 
     def _register_pixel_normalization(self, cfg):
         if len(cfg.MODEL.PIXEL_MEAN) != len(cfg.MODEL.PIXEL_STD):

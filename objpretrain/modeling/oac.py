@@ -25,6 +25,7 @@ from detectron2.utils import comm
 from torch import nn
 
 from .heads import MLPHead
+from .health import HealthRecord, byol_collapse_loss, info_nce_collapse_loss
 from .momentum_model import MomentumTargetModel
 from .losses.byol import BYOLLoss
 from .losses.dense_contrastive import DenseContrastiveLoss
@@ -158,6 +159,10 @@ class _OACModel(MomentumTargetModel):
     def _res5(self, network, images):
         return network.backbone(images)["res5"]
 
+    def image_features(self, images):
+        """(N, C) pooled res5 of the online ResNet for normalized images (view retrieval, the linear probe)."""
+        return self._pool(self._res5(self.online_network, images))
+
     # ---------------------------------------------------------------- forward
     def forward(self, batched_inputs):
         """Training and evaluation both return the loss dict (queues change only in training)."""
@@ -228,6 +233,11 @@ class OACMoCo(_OACModel):
             for query_view, key_view in self.directions
         ) / len(self.directions)
         if self.training:
+            first_query, first_key = self.directions[0]
+            self.health = HealthRecord(
+                embeddings={"projector": queries[first_query], "target_projector": keys[first_key]},
+                collapse_losses={"loss_moco": info_nce_collapse_loss(self.queues[first_key].keys.shape[0])},
+            )
             for key_view in self.key_views:
                 self.queues[key_view].enqueue(keys[key_view])
         return {"loss_moco": loss}, online_pooled
@@ -256,15 +266,21 @@ class OACBYOL(_OACModel):
 
     def ssl_losses(self, view1, view2):
         images = {"view1": view1, "view2": view2}
-        online_pooled, predictions, targets = {}, {}, {}
+        online_pooled, projections, predictions, targets = {}, {}, {}, {}
         for view in VIEWS:
             online_pooled[view] = self._pool(self._res5(self.online_network, images[view]))
-            projection = self.online_network.projector[self.head_for(view)](online_pooled[view])
-            predictions[view] = self.online_network.predictor(projection)
+            projections[view] = self.online_network.projector[self.head_for(view)](online_pooled[view])
+            predictions[view] = self.online_network.predictor(projections[view])
             with torch.no_grad():
                 target_pooled = self._pool(self._res5(self.target_network, images[view]))
                 targets[view] = self.target_network.projector[self.head_for(view)](target_pooled)
         loss = self.byol_loss(predictions["view1"], targets["view2"], predictions["view2"], targets["view1"])
+        if self.training:
+            self.health = HealthRecord(
+                embeddings={"projector": projections["view1"], "predictor": predictions["view1"],
+                            "target_projector": targets["view2"]},
+                collapse_losses={"loss_byol": byol_collapse_loss(targets["view2"], targets["view1"])},
+            )
         return {"loss_byol": loss}, online_pooled
 
 
@@ -327,6 +343,13 @@ class OACDenseCL(_OACModel):
                 q_dense, k_dense, q_grid, k_grid, self.dense_queues[key_view].keys.clone()
             )
         if self.training:
+            first_query, first_key = self.directions[0]
+            collapsed = info_nce_collapse_loss(self.queues[first_key].keys.shape[0])
+            self.health = HealthRecord(
+                embeddings={"projector": online[first_query][1], "target_projector": target[first_key][1]},
+                collapse_losses={"loss_global": (1.0 - self.dense_weight) * collapsed,
+                                 "loss_dense": self.dense_weight * collapsed},
+            )
             for key_view in self.key_views:
                 self.queues[key_view].enqueue(target[key_view][1])
                 self.dense_queues[key_view].enqueue(target[key_view][4])

@@ -16,6 +16,7 @@ from detectron2.structures import Boxes, ImageList
 from torch import nn
 
 from .heads import MLPHead
+from .health import HealthRecord, byol_collapse_loss
 from .momentum_model import MomentumTargetModel
 from .losses import BYOLLoss
 from .scale_aware_pooler import ScaleAwareROIPooler
@@ -144,20 +145,33 @@ class SoCo(MomentumTargetModel):
             V1 and that view, averaged over the batch's objects. Their sum is L^SoCo (§3.3).
         """
         view_names = self._check_inputs(batched_inputs)
-        online_predictions, target_projections = {}, {}
+        online_projections, online_predictions, target_projections = {}, {}, {}
         for index, name in enumerate(view_names):
             images, box_lists = self._prepare_view(batched_inputs, index)
-            online_predictions[name] = self.predictor(self.online_network(images, box_lists))
+            online_projections[name] = self.online_network(images, box_lists)
+            online_predictions[name] = self.predictor(online_projections[name])
             with torch.no_grad():
                 target_projections[name] = self.target_network(images, box_lists)
+        pairs = [name for name in view_names if name != "v1"]
+        if self.training:
+            self.health = HealthRecord(
+                embeddings={"projector": online_projections["v1"], "predictor": online_predictions["v1"],
+                            "target_projector": target_projections["v1"]},
+                collapse_losses={f"loss_v1_{name}": byol_collapse_loss(target_projections[name],
+                                                                       target_projections["v1"])
+                                 for name in pairs},
+            )
         return {
             f"loss_v1_{name}": self.loss(
                 online_predictions["v1"], target_projections[name],
                 online_predictions[name], target_projections["v1"],
             )
-            for name in view_names
-            if name != "v1"
+            for name in pairs
         }
+
+    def image_features(self, images):
+        """(N, C) pooled res5 of the online bottom-up ResNet for normalized images (view retrieval)."""
+        return self.online_network.backbone.bottom_up(images)["res5"].mean(dim=(2, 3))
 
     def _prepare_view(self, batched_inputs, index):
         views = [self.normalize(x["views"][index]) for x in batched_inputs]
@@ -199,3 +213,7 @@ class SoCoC4(SoCo):
     """SoCo with R50-C4 (§4.1): ``online_network.{backbone,res5,projector}``, for Detectron2's Res5ROIHeads."""
 
     encoder_class = C4ObjectEncoder
+
+    def image_features(self, images):
+        """(N, C) pooled res5 (the head's, applied to the whole res4 map) of the online network."""
+        return self.online_network.res5(self.online_network.backbone(images)["res4"]).mean(dim=(2, 3))

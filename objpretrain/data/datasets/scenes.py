@@ -6,6 +6,12 @@ pretraining is meant to help with) and whole-image statistics are not enough. Cl
 ``SHAPES`` and ``TEXTURES``; every object gets a random colour pair, size and position; the background holds
 unlabelled clutter (line segments and small blobs) with the same colours and textures as objects.
 Deterministic: the same arguments always give byte-identical files.
+
+With ``class_textures=True`` (the learning-regime study, docs/results.md) what survives the augmentations is
+class-determined: every object of a class has the same texture period and orientation (:data:`CLASS_TEXTURES`,
+orientations a horizontal flip leaves unchanged), only its two colours are random per object, so colour carries no
+class information. With 8-16 objects of mixed classes per scene, a whole-image crop mixes classes while an object
+crop isolates one.
 """
 import json
 import os
@@ -24,11 +30,23 @@ CATEGORIES = [
 ]
 
 
-def _texture(rng, kind, height, width, colors):
+# category name -> (texture period in px of a 128-px scene, stripe direction in radians) when class_textures=True.
+# Periods stay >= 3 px after the study's 2x shrink; 0 and pi/2 are the stripe directions a flip keeps.
+CLASS_TEXTURES = {
+    "rectangle_stripes": (6, 0.0),
+    "rectangle_checker": (12, 0.0),
+    "ellipse_stripes": (12, np.pi / 2),
+    "ellipse_checker": (6, 0.0),
+    "triangle_stripes": (8, np.pi / 2),
+    "triangle_checker": (9, 0.0),
+}
+
+
+def _texture(rng, kind, height, width, colors, period=None, angle=None):
     yy, xx = np.mgrid[0:height, 0:width]
-    period = int(rng.integers(4, 9))
+    period = int(rng.integers(4, 9)) if period is None else period
     if kind == "stripes":
-        angle = rng.uniform(0, np.pi)
+        angle = rng.uniform(0, np.pi) if angle is None else angle
         phase = (xx * np.cos(angle) + yy * np.sin(angle)) // (period / 2.0)
     else:
         phase = xx // (period / 2.0) + yy // (period / 2.0)
@@ -50,16 +68,19 @@ def _clutter(rng, image, count):
             draw.ellipse([int(x0) - r, int(y0) - r, int(x0) + r, int(y0) + r], fill=color)
 
 
-def make_scene_coco(out_dir, num_images=64, image_size=128, seed=0, min_objects=3, max_objects=8, clutter=24):
+def make_scene_coco(out_dir, num_images=64, image_size=128, seed=0, min_objects=3, max_objects=8, clutter=24,
+                    class_textures=False, side_range=None):
     """Writes ``out_dir/images/*.png`` and ``out_dir/annotations.json`` (boxes and polygon masks).
 
-    Returns ``(json_path, image_root)``.
+    ``class_textures``: texture period and orientation fixed per class (module docstring); ``side_range``:
+    (min, max) object side in pixels (default image_size / 10 to image_size / 2). Objects do not overlap, so a
+    scene may hold fewer than ``max_objects`` when they do not fit. Returns ``(json_path, image_root)``.
     """
     rng = np.random.default_rng(seed)
     image_root = os.path.join(out_dir, "images")
     os.makedirs(image_root, exist_ok=True)
     images, annotations = [], []
-    min_side, max_side = max(8, image_size // 10), max(16, image_size // 2)
+    min_side, max_side = side_range or (max(8, image_size // 10), max(16, image_size // 2))
     for image_id in range(1, num_images + 1):
         base = rng.integers(40, 160, size=3)
         background = np.clip(base + rng.normal(0, 25, size=(image_size, image_size, 3)), 0, 255).astype(np.uint8)
@@ -76,7 +97,10 @@ def make_scene_coco(out_dir, num_images=64, image_size=128, seed=0, min_objects=
             ImageDraw.Draw(mask_image).polygon(polygon, fill=1)
             mask = np.array(mask_image, dtype=bool)
             colors = rng.integers(0, 256, size=(2, 3))
-            canvas[mask] = _texture(rng, texture, image_size, image_size, colors)[mask]
+            period, angle = CLASS_TEXTURES[f"{shape}_{texture}"] if class_textures else (None, None)
+            if period is not None:
+                period = max(3, round(period * image_size / 128))
+            canvas[mask] = _texture(rng, texture, image_size, image_size, colors, period, angle)[mask]
             xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
             x0, y0, x1, y1 = min(xs), min(ys), max(xs), max(ys)
             annotations.append(
