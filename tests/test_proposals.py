@@ -194,3 +194,17 @@ def test_list_file_and_folder_give_the_same_ids(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a folder"):
         resolve_inputs(str(tmp_path / "nope"))
     assert os.path.exists(resolve_inputs(str(list_path))[0][1])
+
+
+def test_the_proposal_file_format_imports_nothing_that_runs_jobs():
+    """files.py (the format) and summary.py (counts) must not import job.py (the runner), which imports them."""
+    import ast
+
+    from objpretrain.data import proposals
+
+    folder = os.path.dirname(proposals.__file__)
+    for module in ("files.py", "summary.py"):
+        with open(os.path.join(folder, module)) as f:
+            tree = ast.parse(f.read())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        assert not {name for name in imported if name.split(".")[-1] in ("job", "cli")}, (module, imported)

@@ -23,7 +23,8 @@ from .files import (
 )
 from .filters import FILTER_NAMES, FilterSettings, filter_proposals, pairwise_iou
 from .inputs import parse_shard, resolve_inputs, shard_slice
-from .job import format_summary, merge_summaries, process_image, run_proposal_job
+from .job import process_image, run_proposal_job
+from .summary import format_summary, merge_summaries
 from .journal import JournalMismatchError, ProposalJournal
 from .presets import BACKEND_DEFAULT_PRESET, DEFAULT_METHOD, PRESETS, ProposalRecipe, get_recipe
 

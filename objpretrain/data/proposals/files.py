@@ -20,6 +20,7 @@ import numpy as np
 from detectron2.structures import BoxMode
 
 from ...utils.atomic_io import atomic_write_bytes
+from .summary import merge_summaries
 
 __all__ = [
     "save_proposal_file",
@@ -134,8 +135,6 @@ def merge_proposal_files(paths, output_path):
     Checks that the shards come from the same recipe and input list, that every shard is present once,
     and that no image id repeats. The merged summary is the sum of the shards'.
     """
-    from .job import merge_summaries
-
     shards = []
     for path in paths:
         proposals = load_proposal_file(path)

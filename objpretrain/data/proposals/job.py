@@ -11,7 +11,6 @@
 import logging
 import multiprocessing as mp
 import os
-from collections import Counter
 
 import numpy as np
 
@@ -21,14 +20,13 @@ from .filters import filter_proposals
 from .inputs import inputs_digest, shard_slice
 from .journal import ProposalJournal
 from .presets import ProposalRecipe
+from .summary import BAD_STATUSES, format_summary, summarize
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["process_image", "run_proposal_job", "merge_summaries", "format_summary", "default_num_workers"]
+__all__ = ["process_image", "run_proposal_job", "default_num_workers"]
 
 FORMAT_VERSION = 1
-# Record statuses other than "ok"; each gives the image zero proposals.
-BAD_STATUSES = ("unreadable", "tiny", "backend_error", "not_in_file")
 
 
 def default_num_workers():
@@ -199,40 +197,3 @@ def _run_tasks(tasks, recipe, workers, journal, total, progress):
             bar.update(1)
 
 
-def summarize(records):
-    """Counts over a shard's records; ``merge_summaries`` adds shards' summaries up."""
-    statuses = Counter(r["status"] for r in records)
-    notes, removed = Counter(), Counter()
-    for r in records:
-        notes.update(r["notes"])
-        removed.update(r["removed"])
-    return {
-        "images": len(records),
-        "ok": statuses["ok"],
-        **{status: statuses[status] for status in BAD_STATUSES},
-        "zero_proposals": sum(1 for r in records if not r["boxes"]),
-        "converted": dict(sorted(notes.items())),
-        "raw_proposals": sum(r["raw"] for r in records),
-        "removed": dict(sorted(removed.items())),
-        "kept_proposals": sum(len(r["boxes"]) for r in records),
-    }
-
-
-def merge_summaries(summaries):
-    merged = {}
-    for summary in summaries:
-        for key, value in summary.items():
-            if isinstance(value, dict):
-                merged[key] = dict(sorted((Counter(merged.get(key, {})) + Counter(value)).items()))
-            else:
-                merged[key] = merged.get(key, 0) + value
-    return merged
-
-
-def format_summary(summary):
-    from tabulate import tabulate
-
-    rows = [(k, v) for k, v in summary.items() if not isinstance(v, dict)]
-    rows += [(f"converted: {k}", v) for k, v in summary["converted"].items()]
-    rows += [(f"removed by filter: {k}", v) for k, v in summary["removed"].items()]
-    return tabulate(rows, headers=["proposal job", "count"], tablefmt="pipe")
