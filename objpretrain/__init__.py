@@ -5,8 +5,14 @@ datasets), so tools and user code only need ``import objpretrain``.
 """
 import warnings
 
-# Detectron2 0.7 calls torch.jit.script at import time; torch 2.14 deprecates it. Not actionable for users.
-warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+# Two dependencies script functions with torch.jit.script at import time, which torch 2.14 deprecates with a
+# FutureWarning on every start of every tool: fvcore/nn/focal_loss.py (imported by detectron2.layers) and
+# detectron2/modeling/box_regression.py. Not ours to fix and not actionable for users: silenced for those two
+# imports only. Tools import objpretrain before Detectron2, so these imports come first.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    import fvcore.nn  # noqa: F401
+    import detectron2.modeling.box_regression  # noqa: F401
 
 from . import config  # noqa: F401
 from . import data  # noqa: F401  (dataset registration)

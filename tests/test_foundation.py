@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def test_environment_imports_from_any_directory(tmp_path):
     code = "import objpretrain, detectron2, cv2; cv2.ximgproc.segmentation; print(detectron2.__version__)"
@@ -147,3 +149,13 @@ def test_import_registers_every_component():
     assert {"demo_unlabeled", "demo_trees_train", "demo_trees_val", "imagenet_train_unlabeled"} <= set(
         DatasetCatalog.list()
     )
+
+
+@pytest.mark.parametrize("tool", sorted(t for t in os.listdir(os.path.join(REPO, "tools")) if t.endswith(".py")))
+def test_no_tool_prints_the_dependencies_jit_script_warning(tool):
+    """fvcore and Detectron2 script functions at import (a FutureWarning on torch 2.14); objpretrain silences those
+    two imports, and every tool must import objpretrain before Detectron2 for that to hold."""
+    result = subprocess.run([sys.executable, os.path.join(REPO, "tools", tool), "--help"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "jit.script" not in result.stdout + result.stderr

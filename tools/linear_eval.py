@@ -40,6 +40,7 @@ import logging
 import os
 import sys
 
+import objpretrain  # noqa: F401,I001  (first: registers components and silences a dependency's import warning)
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,6 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_backbone
 from detectron2.structures import BoxMode
 
-import objpretrain  # noqa: F401  (registers datasets)
 from objpretrain.checkpoint import convert_state_dict, load_state_dict
 from objpretrain.config import get_pretrain_cfg
 from objpretrain.data.datasets import register_datasets_from_cfg

@@ -12,11 +12,11 @@ Examples:
     # continue after an interruption (from OUTPUT_DIR/last_checkpoint)
     python tools/pretrain_net.py --config-file configs/soco_r50_fpn.yaml --num-gpus 8 --resume
 """
+import objpretrain  # noqa: F401,I001  (first: registers components and silences a dependency's import warning)
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-import objpretrain  # noqa: F401  (registers models, mappers, demo and paper datasets)
 from objpretrain.config import get_pretrain_cfg
 from objpretrain.data.datasets import register_datasets_from_cfg
 from objpretrain.engine import PretrainTrainer

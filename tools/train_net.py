@@ -12,6 +12,7 @@ from DATASETS.COCO_JSON_REGISTER. PreciseBN runs where the config enables TEST.P
 import logging
 import os
 
+import objpretrain  # noqa: F401,I001  (first: registers components and silences a dependency's import warning)
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
@@ -19,7 +20,6 @@ from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator, ve
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-import objpretrain  # noqa: F401  (registers Res5ROIHeadsExtraNorm and the datasets)
 from objpretrain.config import add_objpretrain_config
 from objpretrain.data.build import build_resumable_detection_train_loader
 from objpretrain.data.datasets import register_datasets_from_cfg

@@ -15,6 +15,7 @@ import argparse
 import logging
 import sys
 
+import objpretrain  # noqa: F401,I001  (first: registers components and silences a dependency's import warning)
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
