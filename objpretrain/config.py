@@ -213,6 +213,13 @@ def _add_solver_config(cfg):
     _C.SOLVER.LARS_EPS = 1e-8
     # Linear lr scaling (SoCo §4.1): lr = BASE_LR * IMS_PER_BATCH / LR_SCALE_BATCH_SIZE; 0 disables scaling.
     _C.SOLVER.LR_SCALE_BATCH_SIZE = 0
+    # "linear" (the papers') or "sqrt": lr = BASE_LR * sqrt(IMS_PER_BATCH / LR_SCALE_BATCH_SIZE), the rule small-batch
+    # SSL commonly uses (configs/learning/: from batch 32 on a CPU to 256+ on a GPU without an 8x lr jump).
+    _C.SOLVER.LR_SCALING = "linear"
+    # lr of the predictor q (BYOL, SoCo) as a multiple of the others'. 1 in the papers; a larger predictor lr
+    # shortens the phase in which the predictor outputs the mean target (Tian et al. 2021, "Understanding
+    # self-supervised learning dynamics without contrastive pairs", §6).
+    _C.SOLVER.PREDICTOR_LR_FACTOR = 1.0
     # Pretraining length in epochs; when > 0 it overrides MAX_ITER (and WARMUP_EPOCHS overrides
     # WARMUP_ITERS) using the dataset size and IMS_PER_BATCH (SoCo §4.1: 100 or 400 epochs, 10 warm-up).
     _C.SOLVER.EPOCHS = 0

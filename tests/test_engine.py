@@ -125,6 +125,21 @@ def test_lars_exclusion_covers_exactly_the_norm_and_bias_parameters_of_soco(repo
     assert optimized == {id(p) for p in model.parameters() if p.requires_grad}
 
 
+@pytest.mark.parametrize("optimizer_name", ["SGD", "LARS"])
+def test_predictor_lr_factor_scales_exactly_the_predictor(repo_root, optimizer_name):
+    model = build_model(tiny_cfg(repo_root))
+    cfg = tiny_cfg(repo_root, "SOLVER.OPTIMIZER", optimizer_name, "SOLVER.PREDICTOR_LR_FACTOR", "10.0",
+                   "SOLVER.BASE_LR", "0.5", "SOLVER.LR_SCALE_BATCH_SIZE", "0")
+    optimizer = build_pretrain_optimizer(cfg, model)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    predictor = {id(p) for p in model.predictor.parameters()}
+    assert predictor and all(lr_of[i] == pytest.approx(5.0) for i in predictor)
+    assert all(lr == pytest.approx(0.5) for i, lr in lr_of.items() if i not in predictor)
+    assert set(lr_of) == {id(p) for p in model.parameters() if p.requires_grad}
+    with pytest.raises(ValueError, match="has no predictor"):
+        build_pretrain_optimizer(solver_cfg("SOLVER.PREDICTOR_LR_FACTOR", "10.0"), nn.Linear(2, 2))
+
+
 def test_optimizer_choice():
     model = nn.Linear(2, 2)
     assert isinstance(build_pretrain_optimizer(solver_cfg("SOLVER.OPTIMIZER", "SGD"), model), torch.optim.SGD)
@@ -139,6 +154,15 @@ def test_linear_lr_scaling_rule():
     assert scaled_base_lr(cfg) == pytest.approx(8.0)
     cfg.SOLVER.LR_SCALE_BATCH_SIZE = 0
     assert scaled_base_lr(cfg) == pytest.approx(1.0)
+
+
+def test_square_root_lr_scaling_rule():
+    cfg = solver_cfg("SOLVER.BASE_LR", "0.05", "SOLVER.IMS_PER_BATCH", "256", "SOLVER.LR_SCALE_BATCH_SIZE", "32",
+                     "SOLVER.LR_SCALING", "sqrt")
+    assert scaled_base_lr(cfg) == pytest.approx(0.05 * 8 ** 0.5)
+    cfg.SOLVER.LR_SCALING = "cubic"
+    with pytest.raises(ValueError, match="LR_SCALING"):
+        scaled_base_lr(cfg)
 
 
 def test_epochs_become_iterations_from_the_dataset_size():

@@ -12,7 +12,9 @@ from test_soco_model import make_soco_batch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_CONFIGS = ["soco_r50_fpn.yaml", "soco_r50_fpn_400ep.yaml", "soco_star_r50_fpn.yaml", "soco_r50_c4.yaml"]
-DEMO_CONFIGS = ["demo/soco_r18_fpn_demo.yaml", "demo/soco_r18_c4_demo.yaml"]
+DEMO_CONFIGS = ["demo/soco_r18_fpn_demo.yaml", "demo/soco_r18_c4_demo.yaml", "learning/soco_r18_fpn.yaml"]
+LEARNING_CONFIGS = sorted(os.path.relpath(p, os.path.join(REPO, "configs"))
+                          for p in glob.glob(os.path.join(REPO, "configs", "learning", "*.yaml")))
 
 
 def load(name, *opts):
@@ -98,6 +100,33 @@ def test_demo_configs_build_and_run_a_step_on_cpu(name):
     losses = model(make_soco_batch(sizes=sizes, names=names))
     sum(losses.values()).backward()
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize("name", LEARNING_CONFIGS)
+def test_learning_configs_build_train_a_step_and_keep_the_regime(name):
+    """configs/learning/ (docs/results.md, "The CPU learning regime"): batch 32, sqrt lr scaling from 32, warm-up
+    then a cosine over the rest, milder views, EMA 0.99, view retrieval every 50 iterations."""
+    cfg = load(name)
+    assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.LR_SCALE_BATCH_SIZE, cfg.SOLVER.LR_SCALING) == (32, 32, "sqrt")
+    assert cfg.SOLVER.WARMUP_ITERS == 20 and cfg.SOLVER.RESCALE_INTERVAL and cfg.SOLVER.OPTIMIZER == "SGD"
+    assert cfg.OBJPRETRAIN.HEALTH.RETRIEVAL_PERIOD == 50
+    views = cfg.INPUT.SOCO if cfg.MODEL.META_ARCHITECTURE == "SoCo" else cfg.INPUT.OAC
+    assert tuple(views.COLOR_JITTER) == (0.2, 0.2, 0.2, 0.05) and views.GRAYSCALE_PROB == 0.0
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    if cfg.MODEL.META_ARCHITECTURE == "SoCo":
+        size = cfg.INPUT.SOCO.VIEW_SIZE
+        batch = make_soco_batch(sizes=[size, size, cfg.INPUT.SOCO.V3_SIZE], names=["v1", "v2", "v3"])
+        assert cfg.MODEL.SOCO.MOMENTUM_BASE == 0.99
+    else:
+        size = cfg.INPUT.OAC.CROP_SIZE
+        batch = [{"view1": torch.randint(0, 256, (3, size, size), dtype=torch.uint8),
+                  "view2": torch.randint(0, 256, (3, size, size), dtype=torch.uint8)} for _ in range(4)]
+        assert cfg.INPUT.OAC.SCENE_CROP_MIN == 0.5 and cfg.MODEL.OAC.MOMENTUM == 0.99
+    losses = model(batch)
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert model.health is not None and model.health.collapse_losses.keys() <= losses.keys()
 
 
 def _transferable_keys(soco_model, head):

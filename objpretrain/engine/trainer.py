@@ -46,14 +46,19 @@ NONFINITE_LOSS_POLICIES = ("raise", "skip")
 
 
 def scaled_base_lr(cfg):
-    """``BASE_LR * IMS_PER_BATCH / LR_SCALE_BATCH_SIZE`` (SoCo §4.1, Goyal et al.), or BASE_LR when the
-    scaling is off (LR_SCALE_BATCH_SIZE = 0)."""
+    """``BASE_LR * IMS_PER_BATCH / LR_SCALE_BATCH_SIZE`` (SoCo §4.1, Goyal et al.; SOLVER.LR_SCALING "linear") or
+    ``BASE_LR * sqrt(IMS_PER_BATCH / LR_SCALE_BATCH_SIZE)`` ("sqrt"), or BASE_LR when the scaling is off
+    (LR_SCALE_BATCH_SIZE = 0)."""
     reference = cfg.SOLVER.LR_SCALE_BATCH_SIZE
     if reference < 0:
         raise ValueError(f"SOLVER.LR_SCALE_BATCH_SIZE must be >= 0, got {reference}")
+    rule = cfg.SOLVER.LR_SCALING
+    if rule not in ("linear", "sqrt"):
+        raise ValueError(f"SOLVER.LR_SCALING must be 'linear' or 'sqrt', got {rule!r}")
     if reference == 0:
         return cfg.SOLVER.BASE_LR
-    return cfg.SOLVER.BASE_LR * cfg.SOLVER.IMS_PER_BATCH / reference
+    ratio = cfg.SOLVER.IMS_PER_BATCH / reference
+    return cfg.SOLVER.BASE_LR * (ratio if rule == "linear" else math.sqrt(ratio))
 
 
 def resolve_schedule(cfg, num_images=None):
@@ -115,6 +120,26 @@ def _split_bias_and_norm(param_groups):
     return split
 
 
+def _scale_predictor_lr(model, param_groups, factor):
+    """The groups with the parameters of every module named ``predictor`` (BYOL's and SoCo's q) at ``factor`` x
+    their lr, in groups of their own; unchanged when factor is 1."""
+    if factor <= 0:
+        raise ValueError(f"SOLVER.PREDICTOR_LR_FACTOR must be positive, got {factor}")
+    if factor == 1.0:
+        return param_groups
+    predictor = {id(p) for n, p in model.named_parameters() if "predictor" in n.split(".")}
+    if not predictor:
+        raise ValueError(f"SOLVER.PREDICTOR_LR_FACTOR is {factor} but {type(model).__name__} has no predictor")
+    split = []
+    for group in param_groups:
+        for in_predictor in (False, True):
+            params = [p for p in group["params"] if (id(p) in predictor) == in_predictor]
+            if params:
+                lr = group["lr"] * factor if in_predictor else group["lr"]
+                split.append({**group, "params": params, "lr": lr})
+    return split
+
+
 def build_pretrain_optimizer(cfg, model):
     """LARS (SoCo §4.1) or momentum SGD over the trainable parameters, at :func:`scaled_base_lr`.
 
@@ -125,6 +150,7 @@ def build_pretrain_optimizer(cfg, model):
     params = get_default_optimizer_params(
         model, base_lr=lr, weight_decay=cfg.SOLVER.WEIGHT_DECAY, weight_decay_norm=0.0, weight_decay_bias=0.0
     )
+    params = _scale_predictor_lr(model, params, cfg.SOLVER.PREDICTOR_LR_FACTOR)
     name = cfg.SOLVER.OPTIMIZER.upper()
     if name == "LARS":
         return maybe_add_gradient_clipping(cfg, LARS)(
