@@ -184,6 +184,15 @@ def test_hook_writes_spread_loss_ratio_movement_and_distance(tmp_path):
     assert latest["health/online_target_distance"] == pytest.approx(expected, rel=1e-4)
 
 
+def test_a_lone_loss_is_compared_through_total_loss(tmp_path):
+    """Detectron2 stores a model's losses one by one only when there are several."""
+    hook, model = _hook(tmp_path)
+    with EventStorage(0) as storage:
+        hook.before_train()
+        _step(hook, storage, 0, {"projector": torch.randn(8, 4)}, {"total_loss": 1.5})
+        assert storage.latest()["health/loss_x_over_collapse"][0] == pytest.approx(0.75)
+
+
 def test_hook_warns_naming_the_monitor_and_iteration_then_stops_when_asked(tmp_path, caplog):
     hook, model = _hook(tmp_path / "warn", "OBJPRETRAIN.HEALTH.MIN_MOVEMENT", "0.0")
     collapsed = {"predictor": torch.ones(16, 8) + 1e-4 * torch.randn(16, 8)}

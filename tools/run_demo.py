@@ -1,9 +1,12 @@
 #!/usr/bin/env python
 """`make demo`: the whole objpretrain chain on the bundled demo data, on CPU, in minutes.
 
-Stages: demo data -> selective-search proposals -> SoCo pretraining (R18-FPN, small views) -> conversion to a
-Detectron2 checkpoint -> Faster R-CNN fine-tuning on the tree tiles -> COCO evaluation. Each stage is an
-ordinary command a user could type; they are printed before they run. Outputs go under ``--output``.
+Stages: demo data -> selective-search proposals -> SoCo pretraining (R18-FPN, 64-px views, the CPU learning
+regime of configs/learning/, with the health monitors and view retrieval on the held-out tree tiles) -> conversion
+to a Detectron2 checkpoint -> Faster R-CNN fine-tuning on the tree tiles -> COCO evaluation. Each stage is an
+ordinary command a user could type; they are printed before they run. Outputs go under ``--output``. The demo
+ends with the pretraining's health: final embedding spread, backbone movement, and view retrieval against the
+initial weights (docs/pretraining.md, "Health monitors").
 """
 import argparse
 import json
@@ -12,6 +15,8 @@ import shlex
 import subprocess
 import sys
 import time
+
+from objpretrain.engine.health import format_summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,7 +50,7 @@ def metric_values(metrics_json, key):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", default=os.path.join(REPO, "output", "demo"))
-    parser.add_argument("--pretrain-iters", type=int, default=300)
+    parser.add_argument("--pretrain-iters", type=int, default=200)
     parser.add_argument("--finetune-iters", type=int, default=400)
     args = parser.parse_args()
     out = os.path.abspath(args.output)
@@ -63,12 +68,13 @@ def main():
     outputs["proposals"] = proposals
 
     pretrain_dir = os.path.join(out, "pretrain")
-    run([py, "tools/pretrain_net.py", "--config-file", "configs/demo/soco_r18_fpn_demo.yaml",
+    run([py, "tools/pretrain_net.py", "--config-file", "configs/learning/soco_r18_fpn.yaml",
          "DATASETS.PROPOSAL_FILES_TRAIN", f"('{proposals}',)", "SOLVER.MAX_ITER", str(args.pretrain_iters),
-         "SOLVER.WARMUP_ITERS", str(args.pretrain_iters // 10), "SOLVER.CHECKPOINT_PERIOD", "50",
+         "SOLVER.CHECKPOINT_PERIOD", "50", "OBJPRETRAIN.HEALTH.RETRIEVAL_DATASET", "demo_trees_val",
          "OUTPUT_DIR", pretrain_dir], os.path.join(out, "pretrain.log"))
     outputs["pretraining checkpoint"] = os.path.join(pretrain_dir, "model_final.pth")
     outputs["pretraining metrics"] = os.path.join(pretrain_dir, "metrics.json")
+    outputs["pretraining health"] = os.path.join(pretrain_dir, "health_summary.json")
 
     converted = os.path.join(out, "soco_r18_fpn_demo_d2.pkl")
     run([py, "tools/convert_ckpt.py", outputs["pretraining checkpoint"], converted, "--to", "d2-fpn"],
@@ -93,6 +99,9 @@ def main():
     losses = metric_values(outputs["pretraining metrics"], "total_loss")
     if losses:
         print(f"pretraining loss: {losses[0]:.3f} (first log) -> {losses[-1]:.3f} (last log)")
+    if os.path.exists(outputs["pretraining health"]):
+        with open(outputs["pretraining health"]) as f:
+            print("pretraining health: " + format_summary(json.load(f)))
     ap = metric_values(os.path.join(finetune_dir, "metrics.json"), "bbox/AP")
     if ap:
         print(f"tree detection on demo_trees_val: COCO box AP {ap[-1]:.1f}")

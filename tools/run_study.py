@@ -46,23 +46,13 @@ from objpretrain.utils.atomic_io import atomic_write_bytes, atomic_write_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_OAC_PRETEXT_OFF = ["MODEL.OAC.LAMBDA_ROT", "0.0", "MODEL.OAC.LAMBDA_LOC", "0.0"]
-# name -> (pretraining config, overrides); None means no pretraining.
+# name -> (pretraining config, overrides); None means no pretraining. The configs are the CPU learning regime.
 ARMS = {
     "random_init": None,
-    "byol_whole_image": (
-        "configs/demo/oac_byol_r18_demo.yaml",
-        ["INPUT.OAC.CROP_MODE", "scene", "MODEL.OAC.SEPARATE_HEADS", "False"] + _OAC_PRETEXT_OFF,
-    ),
-    "soco": ("configs/demo/soco_r18_fpn_demo.yaml", []),
-    "moco_scene": (
-        "configs/demo/oac_moco_r18_demo.yaml",
-        ["INPUT.OAC.CROP_MODE", "scene", "MODEL.OAC.SEPARATE_HEADS", "False"] + _OAC_PRETEXT_OFF,
-    ),
-    "moco_obj_obj_dilate": (
-        "configs/demo/oac_moco_r18_demo.yaml",
-        ["INPUT.OAC.CROP_MODE", "obj-obj+dilate", "MODEL.OAC.SEPARATE_HEADS", "True"] + _OAC_PRETEXT_OFF,
-    ),
+    "byol_whole_image": ("configs/learning/byol_r18_scene.yaml", []),
+    "soco": ("configs/learning/soco_r18_fpn.yaml", []),
+    "moco_scene": ("configs/learning/moco_v2_r18_scene.yaml", []),
+    "moco_obj_obj_dilate": ("configs/learning/moco_v2_r18_obj_obj_dilate.yaml", []),
 }
 FINETUNE_CONFIG = "configs/demo/finetune_trees_r18_fpn.yaml"
 # The probes read only the ResNet keys and the pixel normalization, the same in every arm's config.
@@ -86,7 +76,8 @@ SCALES = {
     "full": dict(pretrain_images=1024, train_images=256, val_images=128, pretrain_iters=None,
                  finetune_iters=0, probe_epochs=100, retrieval_period=50, seeds=(0, 1, 2)),
     "smoke": dict(pretrain_images=16, train_images=8, val_images=8, pretrain_iters=4,
-                  finetune_iters=4, probe_epochs=2, retrieval_period=2, seeds=(0,)),
+                  finetune_iters=4, probe_epochs=2, retrieval_period=2, seeds=(0,),
+                  pretrain_opts=("SOLVER.IMS_PER_BATCH", 8)),
 }
 
 
@@ -152,7 +143,7 @@ def loss_curve(metrics_json):
     return metric_curves(metrics_json, ("total_loss",)).get("total_loss", ([], []))
 
 
-def run_arm(arm, seed, out, data, scale, py, keep_checkpoints=False, device="cpu", workers=2):
+def run_arm(arm, seed, out, data, scale, py, keep_checkpoints=False, device="cpu", workers=2, pretrain_opts=()):
     arm_dir = os.path.join(out, f"{arm}_seed{seed}")
     result_path = os.path.join(arm_dir, "result.json")
     if os.path.exists(result_path):  # finished earlier: the study resumes where it stopped
@@ -189,7 +180,7 @@ def run_arm(arm, seed, out, data, scale, py, keep_checkpoints=False, device="cpu
              *iterations, "SOLVER.CHECKPOINT_PERIOD", 100000,
              "OBJPRETRAIN.HEALTH.RETRIEVAL_DATASET", "study_val",
              "OBJPRETRAIN.HEALTH.RETRIEVAL_PERIOD", scale["retrieval_period"],
-             "SEED", seed, "OUTPUT_DIR", pretrain_dir, *runtime],
+             "SEED", seed, "OUTPUT_DIR", pretrain_dir, *runtime, *scale.get("pretrain_opts", ()), *pretrain_opts],
             os.path.join(arm_dir, "pretrain.log"))
         metrics = os.path.join(pretrain_dir, "metrics.json")
         result["pretrain_loss_curve"] = loss_curve(metrics)
@@ -512,6 +503,9 @@ def main(argv=None):
     parser.add_argument("--finetune-iters", type=int)
     parser.add_argument("--device", default="cpu", help="MODEL.DEVICE of every stage, e.g. cuda")
     parser.add_argument("--workers", type=int, default=2, help="DATALOADER.NUM_WORKERS of every stage")
+    parser.add_argument("--pretrain-opts", nargs="+", default=[], metavar="KEY VALUE",
+                        help="config overrides for every pretraining, e.g. SOLVER.IMS_PER_BATCH 256 (the learning "
+                             "configs scale their lr with the square root of the batch)")
     parser.add_argument("--keep-checkpoints", action="store_true",
                         help="keep each arm's .pth checkpoints (by default only its converted .pkl is kept)")
     parser.add_argument("--prepare-only", action="store_true",
@@ -546,11 +540,13 @@ def main(argv=None):
     for seed in scale["seeds"]:
         for arm in args.arms:
             print(f"== {arm}, seed {seed}", flush=True)
-            results.append(run_arm(arm, seed, out, data, scale, py, args.keep_checkpoints, args.device, args.workers))
+            results.append(run_arm(arm, seed, out, data, scale, py, args.keep_checkpoints, args.device, args.workers,
+                                   args.pretrain_opts))
     rows, table = summarize(results, out)
     wall = time.time() - start
     atomic_write_json(os.path.join(out, "study_info.json"),
-                      {"scale": scale, "arms": args.arms, "device": args.device, "wall_seconds": wall}, indent=1)
+                      {"scale": scale, "arms": args.arms, "device": args.device, "pretrain_opts": args.pretrain_opts,
+                       "wall_seconds": wall}, indent=1)
     print(table)
     print(f"study finished in {wall / 60:.1f} min; results in {out}")
     return rows

@@ -174,11 +174,15 @@ class HealthMonitorHook(HookBase):
         if record is not None:
             for name, embedding in record.embeddings.items():
                 values[f"{name}_spread"], values[f"{name}_cosine_to_mean"] = embedding_spread(embedding)
-            losses = self.trainer.storage.latest()
+            losses = {name: value for name, (value, _) in self.trainer.storage.latest().items()}
+            if len(record.collapse_losses) == 1 and "total_loss" in losses:
+                # Detectron2 stores a model's losses one by one only when there are several; a lone loss is
+                # total_loss.
+                losses.setdefault(next(iter(record.collapse_losses)), losses["total_loss"])
             for loss_name, collapse in record.collapse_losses.items():
                 values[f"{loss_name}_collapse_value"] = float(collapse)
                 if loss_name in losses:
-                    values[f"{loss_name}_over_collapse"] = losses[loss_name][0] / max(float(collapse), 1e-12)
+                    values[f"{loss_name}_over_collapse"] = losses[loss_name] / max(float(collapse), 1e-12)
         current = self._snapshot()
         for group, params in self._groups.items():
             values[f"move_{group}_since_start"] = _relative_change(params, self._initial)
@@ -240,6 +244,10 @@ class HealthMonitorHook(HookBase):
 def format_summary(summary):
     """One line of the values a reader checks first: spreads, backbone movement, retrieval against init."""
     parts = [f"{k} {v:.3f}" for k, v in summary.items() if k.endswith(("_spread", "_cosine_to_mean"))]
+    for key, ratio in summary.items():
+        if key.endswith("_over_collapse"):
+            loss = key[: -len("_over_collapse")]
+            parts.append(f"{loss} {ratio:.2f} x its collapse value {summary[loss + '_collapse_value']:.3f}")
     parts += [f"{k} {v:.2e}" for k, v in summary.items()
               if k.startswith("move_") and k.endswith("_since_start")]
     if summary.get("view_retrieval") is not None:
