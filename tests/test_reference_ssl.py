@@ -48,3 +48,32 @@ def test_reference_lr_warms_up_then_follows_a_cosine_over_the_rest():
     assert reference.lr_at(3, 1.0, 4, 20) == pytest.approx(1.0)
     assert reference.lr_at(4, 1.0, 4, 20) == pytest.approx(1.0)
     assert reference.lr_at(12, 1.0, 4, 20) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("method", ["moco", "byol"])
+def test_the_comparison_gives_both_loops_the_same_settings(method, tmp_path):
+    """bench/reference_vs_project.py: the project's overrides and the reference's arguments agree."""
+    spec = importlib.util.spec_from_file_location("rvp", os.path.join(REPO, "bench", "reference_vs_project.py"))
+    rvp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rvp)
+    from objpretrain.config import get_pretrain_cfg
+
+    project = rvp.project_command(method, str(tmp_path), str(tmp_path), str(tmp_path / "out"), 3, 200)
+    config, opts = project[project.index("--config-file") + 1], project[project.index("--config-file") + 2:]
+    cfg = get_pretrain_cfg(os.path.join(REPO, config), opts)
+    reference = _reference()
+    parser_args = rvp.reference_command(method, str(tmp_path), str(tmp_path), "x.json", 3, 200)[2:]
+    captured = {}
+    reference.train = lambda args: captured.setdefault("args", args)
+    reference.main(parser_args)
+    args = captured["args"]
+    assert cfg.SOLVER.IMS_PER_BATCH == args.batch and cfg.SOLVER.BASE_LR == args.lr
+    assert cfg.SOLVER.WARMUP_ITERS == args.warmup and cfg.SOLVER.MAX_ITER == args.iters and cfg.SEED == args.seed
+    assert cfg.INPUT.OAC.SCENE_CROP_MIN == args.crop_min and tuple(cfg.INPUT.OAC.COLOR_JITTER) == tuple(args.jitter)
+    assert cfg.INPUT.OAC.CROP_SIZE == args.size and cfg.MODEL.OAC.MOMENTUM == args.momentum
+    assert cfg.MODEL.OAC.HEAD_HIDDEN_DIM == args.hidden and cfg.MODEL.OAC.HEAD_OUT_DIM == args.dim
+    assert cfg.SOLVER.WEIGHT_DECAY == args.weight_decay and cfg.INPUT.OAC.GRAYSCALE_PROB == args.grayscale_prob
+    if method == "moco":
+        assert cfg.MODEL.OAC.QUEUE_SIZE == args.queue and cfg.MODEL.OAC.TEMPERATURE == args.temperature
+    else:
+        assert cfg.MODEL.OAC.HEAD_NORM == "BN" and cfg.MODEL.OAC.PREDICTOR_HIDDEN_DIM == args.hidden
