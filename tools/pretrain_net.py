@@ -20,6 +20,7 @@ from detectron2.utils.logger import setup_logger
 from objpretrain.config import get_pretrain_cfg
 from objpretrain.data.datasets import register_datasets_from_cfg
 from objpretrain.engine import PretrainTrainer
+from objpretrain.engine.preflight import check_runnable, exit_on_config_error
 
 
 def setup(args):
@@ -41,9 +42,17 @@ def main(args):
     return trainer.train()
 
 
+def preflight(args):
+    """Registers the config's datasets and checks it can run here, before any process is launched."""
+    cfg = get_pretrain_cfg(args.config_file, args.opts)
+    register_datasets_from_cfg(cfg)
+    check_runnable(cfg)
+
+
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
+    exit_on_config_error("pretrain_net.py", lambda: preflight(args))
     launch(
         main,
         args.num_gpus,

@@ -24,6 +24,7 @@ from objpretrain.config import add_objpretrain_config
 from objpretrain.data.build import build_resumable_detection_train_loader
 from objpretrain.data.datasets import register_datasets_from_cfg
 from objpretrain.engine.checkpoint import AtomicDetectionCheckpointer
+from objpretrain.engine.preflight import check_runnable, exit_on_config_error
 from objpretrain.engine.resumable import ResumableDataStreamMixin
 
 logger = logging.getLogger("objpretrain.train_net")
@@ -66,7 +67,8 @@ class Trainer(ResumableDataStreamMixin, DefaultTrainer):
         return build_evaluator(cfg, dataset_name, output_folder)
 
 
-def setup(args):
+def build_config(args):
+    """The config of the command line, with its datasets registered."""
     cfg = get_cfg()
     add_objpretrain_config(cfg)
     cfg.merge_from_file(args.config_file)
@@ -75,6 +77,11 @@ def setup(args):
     cfg.DATASETS.COCO_JSON_REGISTER = list(cfg.DATASETS.COCO_JSON_REGISTER) + list(args.register_coco)
     cfg.freeze()
     register_datasets_from_cfg(cfg)
+    return cfg
+
+
+def setup(args):
+    cfg = build_config(args)
     default_setup(cfg, args)
     # default_setup configures the detectron2 and fvcore loggers; ours (skips, resume, fall-backs) too.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="objpretrain", abbrev_name="op")
@@ -100,6 +107,12 @@ def main(args):
     return getattr(trainer, "_last_eval_results", {})
 
 
+def preflight(args):
+    """Registers the config's datasets and checks it can run here, before any process is launched."""
+    cfg = build_config(args)
+    check_runnable(cfg, proposal_files=cfg.MODEL.LOAD_PROPOSALS)
+
+
 def get_parser():
     parser = default_argument_parser()
     parser.add_argument(
@@ -115,6 +128,7 @@ def get_parser():
 if __name__ == "__main__":
     args = get_parser().parse_args()
     print("Command Line Args:", args)
+    exit_on_config_error("train_net.py", lambda: preflight(args))
     launch(
         main,
         args.num_gpus,
