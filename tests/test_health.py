@@ -99,6 +99,17 @@ def test_retrieval_views_are_fixed_by_the_seed_and_differ_between_views(scene_fi
     assert not torch.equal(a.view1, other.view1) and not torch.equal(a.view1, a.view2)
 
 
+def test_retrieval_views_leave_out_an_unreadable_image_and_keep_the_others(scene_files, tmp_path, caplog):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with caplog.at_level(logging.WARNING):
+        views = make_retrieval_views(scene_files[:3] + [str(broken)], 32, seed=0)
+    assert len(views) == 3 and "broken.png" in caplog.text
+    assert torch.equal(views.view1, make_retrieval_views(scene_files[:3], 32, seed=0).view1)
+    with pytest.raises(ValueError, match="at least 2 readable"):
+        make_retrieval_views([str(broken), scene_files[0]], 32)
+
+
 def test_view_retrieval_scores_an_invariant_embedding_and_leaves_the_module_unchanged(scene_files):
     views = make_retrieval_views(scene_files, 32, seed=0, crop_scale=(1.0, 1.0), color_jitter=(0, 0, 0, 0),
                                  hflip_prob=0.0)  # both views the same pixels: any non-constant embedding finds them

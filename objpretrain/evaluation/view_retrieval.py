@@ -13,6 +13,7 @@ then the views are embedded in eval mode. So neither the training views' size no
 statistics decide the result.
 """
 import copy
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +23,10 @@ from torch import nn
 
 from ..data.augmentations import PhotometricAugmentation
 from ..data.boxes_oac import sample_crop_in_region
-from ..data.image_io import read_image_rgb, resize_rgb
+from ..data.image_io import BadImageError, read_image_rgb, resize_rgb
 from ..data.samplers import derive_seed, seeded_global_rngs
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["RetrievalViews", "make_retrieval_views", "reestimate_batchnorm", "retrieval_top1", "view_retrieval"]
 
@@ -45,14 +48,17 @@ class RetrievalViews:
 
 def make_retrieval_views(file_names, size, seed=0, crop_scale=(0.5, 1.0), color_jitter=(0.2, 0.2, 0.2, 0.05),
                          color_jitter_prob=0.8, grayscale_prob=0.0, hflip_prob=0.5):
-    """The two views of every image in ``file_names`` (readable RGB images), deterministic in ``seed``."""
-    if len(file_names) < 2:
-        raise ValueError(f"view retrieval needs at least 2 images, got {len(file_names)}")
+    """The two views of every readable image in ``file_names``, deterministic in ``seed``; an unreadable image is
+    logged and left out (the others keep their views)."""
     photometric = PhotometricAugmentation(color_jitter=tuple(color_jitter), color_jitter_prob=color_jitter_prob,
                                           grayscale_prob=grayscale_prob, blur_prob=0.0)
     views = ([], [])
     for index, file_name in enumerate(file_names):
-        image, _ = read_image_rgb(file_name)
+        try:
+            image, _ = read_image_rgb(file_name)
+        except BadImageError as error:
+            logger.warning("View retrieval: leaving out %s (%s)", file_name, error.reason)
+            continue
         height, width = image.shape[:2]
         with seeded_global_rngs(derive_seed(seed, index)):
             rng = np.random.default_rng(derive_seed(seed, index, 1))
@@ -63,6 +69,8 @@ def make_retrieval_views(file_names, size, seed=0, crop_scale=(0.5, 1.0), color_
                     view = view[:, ::-1]
                 view = photometric(np.ascontiguousarray(view))
                 out.append(torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1))))
+    if len(views[0]) < 2:
+        raise ValueError(f"view retrieval needs at least 2 readable images, got {len(views[0])} of {len(file_names)}")
     return RetrievalViews(torch.stack(views[0]), torch.stack(views[1]))
 
 
