@@ -1,4 +1,5 @@
 """Health monitors: spread and collapse values, view retrieval, and the hook's warnings, stop and resume."""
+import json
 import logging
 import math
 import types
@@ -15,6 +16,7 @@ from objpretrain.engine.health import (
     INITIAL_WEIGHTS_FILE,
     HealthMonitorHook,
     TrainingCollapsedError,
+    format_summary,
     weight_groups,
 )
 from objpretrain.evaluation.view_retrieval import (
@@ -269,4 +271,10 @@ def test_hook_measures_retrieval_at_start_and_every_period(tmp_path, scene_files
     assert latest["health/view_retrieval"][0] == pytest.approx(hook.initial_retrieval)  # weights unchanged
     assert hook.state_dict() == {"initial_retrieval": hook.initial_retrieval}
     hook.after_train()
-    assert (tmp_path / "health_summary.json").exists()
+    with open(tmp_path / "health_summary.json") as f:
+        summary = json.load(f)
+    assert summary["view_retrieval_dataset"] == name and summary["view_retrieval_chance"] == pytest.approx(1 / 12)
+    line = format_summary(summary)
+    assert f"view retrieval on {name}" in line and "initial weights" in line and "move_stem_since_start" in line
+    assert "loss_x 0.75 x its collapse value 2.000" in format_summary({"loss_x_over_collapse": 0.75,
+                                                                         "loss_x_collapse_value": 2.0})

@@ -2,7 +2,8 @@
 """`make demo`: the whole objpretrain chain on the bundled demo data, on CPU, in minutes.
 
 Stages: demo data -> selective-search proposals -> SoCo pretraining (R18-FPN, 64-px views, the CPU learning
-regime of configs/learning/, with the health monitors and view retrieval on the held-out tree tiles) -> conversion
+regime of configs/learning/, with the health monitors and view retrieval on its 50 training images: the 7
+held-out tree tiles are too few for it) -> conversion
 to a Detectron2 checkpoint -> Faster R-CNN fine-tuning on the tree tiles -> COCO evaluation. Each stage is an
 ordinary command a user could type; they are printed before they run. Outputs go under ``--output``. The demo
 ends with the pretraining's health: final embedding spread, backbone movement, and view retrieval against the
@@ -70,7 +71,7 @@ def main():
     pretrain_dir = os.path.join(out, "pretrain")
     run([py, "tools/pretrain_net.py", "--config-file", "configs/learning/soco_r18_fpn.yaml",
          "DATASETS.PROPOSAL_FILES_TRAIN", f"('{proposals}',)", "SOLVER.MAX_ITER", str(args.pretrain_iters),
-         "SOLVER.CHECKPOINT_PERIOD", "50", "OBJPRETRAIN.HEALTH.RETRIEVAL_DATASET", "demo_trees_val",
+         "SOLVER.CHECKPOINT_PERIOD", "50", "OBJPRETRAIN.HEALTH.RETRIEVAL_DATASET", "demo_unlabeled",
          "OUTPUT_DIR", pretrain_dir], os.path.join(out, "pretrain.log"))
     outputs["pretraining checkpoint"] = os.path.join(pretrain_dir, "model_final.pth")
     outputs["pretraining metrics"] = os.path.join(pretrain_dir, "metrics.json")

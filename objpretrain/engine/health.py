@@ -99,6 +99,7 @@ class HealthMonitorHook(HookBase):
         self.latest = {}
         self._unhealthy_periods = {}
         self._views = None
+        self.retrieval_dataset = None
 
     # ---------------------------------------------------------------- setup
     def _model(self):
@@ -145,6 +146,7 @@ class HealthMonitorHook(HookBase):
         files = [dicts[int(i * step)]["file_name"] for i in range(count)]
         size = int(health.RETRIEVAL_SIZE) or _input_size(self.cfg)
         views = make_retrieval_views(files, size, seed=int(health.RETRIEVAL_SEED))
+        self.retrieval_dataset = name
         logger.info("Health: view retrieval on %d images of %r at %d px, every %d iterations",
                     len(views), name, size, self.retrieval_period)
         return views
@@ -231,6 +233,7 @@ class HealthMonitorHook(HookBase):
             summary = dict(self.latest)
             if self._views is not None:
                 summary["view_retrieval_chance"] = self._views.chance
+                summary["view_retrieval_dataset"] = self.retrieval_dataset
             atomic_write_json(os.path.join(self.output_dir, SUMMARY_FILE), summary, indent=1)
             logger.info("Health summary: %s", format_summary(summary))
 
@@ -251,7 +254,8 @@ def format_summary(summary):
     parts += [f"{k} {v:.2e}" for k, v in summary.items()
               if k.startswith("move_") and k.endswith("_since_start")]
     if summary.get("view_retrieval") is not None:
-        parts.append(f"view retrieval {100 * summary['view_retrieval']:.1f} % (initial weights "
+        parts.append(f"view retrieval on {summary.get('view_retrieval_dataset', '?')} "
+                     f"{100 * summary['view_retrieval']:.1f} % (initial weights "
                      f"{100 * summary['view_retrieval_initial']:.1f} %, chance "
                      f"{100 * summary.get('view_retrieval_chance', 0):.1f} %)")
     return ", ".join(parts)
