@@ -4,8 +4,12 @@
 The training logic lives in ``objpretrain.engine.PretrainTrainer``; this script only sets up and launches.
 
 Examples:
-    # the demo, on a CPU
+    # the demo, on a CPU: the demo data and its proposals first (make demo runs all of it)
+    python datasets/prepare_demo.py
+    python tools/generate_proposals.py --images demo_unlabeled --output datasets/demo/proposals_unlabeled.pkl
     python tools/pretrain_net.py --config-file configs/demo/soco_r18_fpn_demo.yaml
+    # the same in the CPU learning regime, with view retrieval in the health monitors
+    python tools/pretrain_net.py --config-file configs/learning/soco_r18_fpn.yaml
     # SoCo-R50-FPN, 100 epochs, 8 GPUs on each of 2 machines
     python tools/pretrain_net.py --config-file configs/soco_r50_fpn.yaml --num-gpus 8 \\
         --num-machines 2 --machine-rank 0 --dist-url tcp://host0:12345
