@@ -21,7 +21,7 @@ demo: setup
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-# The reproduction study (docs/results.md): about 2 hours on 2 CPU cores; not part of `make test`.
+# The reproduction study (docs/results.md): about 1 to 1.5 hours on 2 CPU cores; not part of `make test`.
 study: setup
 	$(PY) tools/run_study.py --output output/study
 
