@@ -46,11 +46,12 @@ def byol_collapse_loss(*targets):
     """The symmetrized BYOL loss (``objpretrain.modeling.losses.BYOLLoss``, one term per target) that a
     collapsed predictor scores: its best constant output is the mean target direction t̄, which scores
     ``2 - 2 * mean_i cos(t̄, t_i)`` against each (N, D) target batch ``t``. The terms are summed, as the loss sums
-    its two directions. A loss at this value means the predictor ignores its input."""
+    its two directions. A loss at this value means the predictor ignores its input. Returns a 0-d tensor on the
+    targets' device (no host synchronization in the training step; the monitor reads it once a period)."""
     total = 0.0
     for target in targets:
         t = F.normalize(target.detach().float(), dim=1)
-        total += float(2 - 2 * (t @ F.normalize(t.mean(dim=0), dim=0)).mean())
+        total = total + 2 - 2 * (t @ F.normalize(t.mean(dim=0), dim=0)).mean()
     return total
 
 
