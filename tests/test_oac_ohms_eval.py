@@ -268,3 +268,33 @@ def test_single_label_probe_skips_unreadable_images_and_reports_the_majority_cha
     labels = [d["label"] for d in dicts[:-1]]
     assert result["num_train"] == result["num_test"] == len(labels)  # the unreadable image is left out
     assert result["chance_top1"] == pytest.approx(max(labels.count(c) for c in set(labels)) / len(labels))
+
+
+@pytest.mark.parametrize("task", ["multilabel", "objects"])
+def test_probe_batchnorm_is_reestimated_at_the_probe_resolution(linear_eval, synthetic_coco, task):
+    """Every BN of the frozen backbone gets the statistics of the training images as the probe preprocesses them."""
+    import argparse
+
+    from detectron2.data import DatasetCatalog
+
+    cfg = get_pretrain_cfg(os.path.join(REPO, "configs", "demo", "oac_moco_r18_demo.yaml"))
+    backbone = linear_eval.build_frozen_backbone(cfg, None, seed=0)
+    stem_norm = backbone.stem.conv1.norm
+    assert torch.all(stem_norm.running_mean == 0)  # a random init's unit statistics
+    dicts = DatasetCatalog.get(synthetic_coco["name"])
+    args = argparse.Namespace(task=task, resize=64, crop=64, bn_images=4, batch_size=2, device="cpu")
+    assert linear_eval.reestimate_probe_batchnorm(backbone, dicts, cfg, args) == 4
+    assert not backbone.training and not any(p.requires_grad for p in backbone.parameters())
+    # The stem's BN mean is the mean of its conv output over the 4 preprocessed training images.
+    mean = torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1)
+    std = torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1)
+    step = len(dicts) // 4
+    if task == "objects":
+        import torchvision.transforms.v2.functional as TF
+
+        images = [(TF.resize(torch.from_numpy(np.array(Image.open(d["file_name"]).convert("RGB"))).permute(2, 0, 1),
+                             [64], antialias=True).float() - mean) / std for d in dicts[::step][:4]]
+    else:
+        images = [linear_eval.preprocess(d["file_name"], 64, 64, mean, std) for d in dicts[::step][:4]]
+    conv = torch.nn.functional.conv2d(torch.stack(images), backbone.stem.conv1.weight, stride=2, padding=3)
+    torch.testing.assert_close(stem_norm.running_mean, conv.mean(dim=(0, 2, 3)), atol=1e-4, rtol=1e-4)
