@@ -6,6 +6,7 @@ Checked: MODEL.DEVICE against the visible GPUs; that every dataset of DATASETS.T
 for the demo sets, that ``datasets/prepare_demo.py`` has built them; that every proposal file exists.
 """
 import os
+import sys
 
 import torch
 from detectron2.data import DatasetCatalog
@@ -57,8 +58,6 @@ def check_runnable(cfg, proposal_files=True):
 def exit_on_config_error(tool, check):
     """Runs ``check()`` (registering the config's datasets and :func:`check_runnable`); on a config problem prints
     ``<tool>: error: <one line>`` to stderr and exits with status 2, as argparse does for a bad argument."""
-    import sys
-
     try:
         return check()
     except (ConfigError, FileNotFoundError) as error:

@@ -107,17 +107,23 @@ def resolve_schedule(cfg, num_images=None):
     return cfg
 
 
+def _split_groups(param_groups, selected, changes):
+    """Splits every group in two by ``selected(param)``: the unselected part as it was, the selected part with
+    ``changes(group)`` (a dict of hyperparameters) applied; empty parts are dropped."""
+    split = []
+    for group in param_groups:
+        for chosen in (False, True):
+            params = [p for p in group["params"] if selected(p) == chosen]
+            if params:
+                split.append({**group, **(changes(group) if chosen else {}), "params": params})
+    return split
+
+
 def _split_bias_and_norm(param_groups):
     """Splits every group into weights (adapted by LARS) and biases / norm parameters (``lars_exclude``, no
     weight decay). In convolutional and MLP networks the latter are exactly the 1-D parameters."""
-    split = []
-    for group in param_groups:
-        for excluded in (False, True):
-            params = [p for p in group["params"] if (p.ndim <= 1) == excluded]
-            if params:
-                extra = {"lars_exclude": True, "weight_decay": 0.0} if excluded else {"lars_exclude": False}
-                split.append({**group, **extra, "params": params})
-    return split
+    split = _split_groups(param_groups, lambda p: p.ndim <= 1, lambda g: {"lars_exclude": True, "weight_decay": 0.0})
+    return [{"lars_exclude": False, **group} for group in split]
 
 
 def _scale_predictor_lr(model, param_groups, factor):
@@ -130,14 +136,7 @@ def _scale_predictor_lr(model, param_groups, factor):
     predictor = {id(p) for n, p in model.named_parameters() if "predictor" in n.split(".")}
     if not predictor:
         raise ValueError(f"SOLVER.PREDICTOR_LR_FACTOR is {factor} but {type(model).__name__} has no predictor")
-    split = []
-    for group in param_groups:
-        for in_predictor in (False, True):
-            params = [p for p in group["params"] if (id(p) in predictor) == in_predictor]
-            if params:
-                lr = group["lr"] * factor if in_predictor else group["lr"]
-                split.append({**group, "params": params, "lr": lr})
-    return split
+    return _split_groups(param_groups, lambda p: id(p) in predictor, lambda g: {"lr": g["lr"] * factor})
 
 
 def build_pretrain_optimizer(cfg, model):
