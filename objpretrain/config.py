@@ -178,6 +178,11 @@ def _add_oac_config(cfg):
     # The SSL method is the meta-architecture: OACMoCo (MoCo-v2), OACBYOL or OACDenseCL (§5, Table 5).
     # MoCo-v2: queue length, InfoNCE temperature, key-encoder momentum; MLP head 2048 -> 128.
     _C.MODEL.OAC.QUEUE_SIZE = 65536
+    # What the queue holds before it has seen QUEUE_SIZE keys. "random": random unit vectors, all of them
+    # negatives from the first iteration (official MoCo, moco/builder.py; the papers do not say). "empty": only
+    # the keys enqueued so far are negatives; random rows reward pulling queries together until real keys
+    # replace them, which collapsed the queries at small batch (docs/results.md, configs/learning/).
+    _C.MODEL.OAC.QUEUE_START = "random"
     _C.MODEL.OAC.TEMPERATURE = 0.2
     _C.MODEL.OAC.MOMENTUM = 0.999
     # Target momentum at the end of training (cosine schedule from MOMENTUM): MoCo keeps 0.999 throughout;
@@ -190,6 +195,11 @@ def _add_oac_config(cfg):
     # view 2 and view 2 -> key view 1, one key queue per head); with a shared head they are MoCo-v2's
     # one-sided loss with one queue.
     _C.MODEL.OAC.SEPARATE_HEADS = True
+    # How separate heads start: "independent" (each its own random draw) or "equal" (view 2's head a copy of
+    # view 1's). The paper does not say and the released code has one head (moco/builder.py). With independent
+    # heads each query is matched against keys from another random head, so the two must first be aligned; at
+    # small scale the queries collapsed (cosine to the mean 1.000) while they were (docs/results.md).
+    _C.MODEL.OAC.SEPARATE_HEADS_INIT = "independent"
     # Norm in the MLP heads: "" for MoCo-v2's and DenseCL's (Linear-ReLU-Linear), "BN" for BYOL's (§3.3).
     _C.MODEL.OAC.HEAD_NORM = ""
     # BYOL predictor hidden size (BYOL §3.3: 4096).

@@ -135,6 +135,42 @@ def test_queue_enqueue_dequeue_order():
     assert int(queue.ptr) == int(one_by_one.ptr) == 3
 
 
+def test_empty_start_queue_uses_only_the_keys_enqueued_so_far():
+    random_start, empty = KeyQueue(size=5, dim=2), KeyQueue(size=5, dim=2, start="empty")
+    assert random_start.negatives().shape == (5, 2) and empty.negatives().shape == (0, 2)
+    keys = torch.arange(1, 17, dtype=torch.float32).view(8, 2)
+    empty.enqueue(keys[:3])
+    torch.testing.assert_close(empty.negatives(), keys[:3])
+    empty.enqueue(keys[3:6])  # wraps: full from here on
+    assert empty.negatives().shape == (5, 2) and int(empty.filled) == 5
+    # `filled` is saved with the model, so a resumed run does not go back to an empty queue.
+    resumed = KeyQueue(size=5, dim=2, start="empty")
+    resumed.load_state_dict(empty.state_dict())
+    torch.testing.assert_close(resumed.negatives(), empty.negatives())
+    with pytest.raises(ValueError, match="QUEUE_START"):
+        KeyQueue(size=5, dim=2, start="zeros")
+
+
+def test_moco_with_an_empty_start_queue_contrasts_only_real_keys():
+    """First step: no negatives, so InfoNCE is 0 and the collapse value ln(0 + 1) = 0; second step: the 4 keys
+    of the first batch are the negatives, and the monitors' collapse value is ln(4 + 1)."""
+    torch.manual_seed(0)
+    cfg = _tiny_cfg(separate=False)
+    cfg.MODEL.OAC.QUEUE_START = "empty"
+    model = OACMoCo(cfg)
+    model.train()
+    assert model(_batch())["loss_moco"].item() == 0.0
+    first_keys = model.queues["view2"].negatives()
+    assert first_keys.shape[0] == 4
+    loss = model(_batch(seed=1))["loss_moco"]
+    assert loss.item() > 0
+    assert model.health.collapse_losses["loss_moco"] == pytest.approx(math.log(5))
+    random_start = OACMoCo(_tiny_cfg(separate=False))
+    random_start.train()
+    random_start(_batch())
+    assert random_start.health.collapse_losses["loss_moco"] == pytest.approx(math.log(16 + 1))
+
+
 def _enqueue_on_rank(rank, world_size, init_file, result_file):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
@@ -189,6 +225,33 @@ def test_per_view_heads_are_separate_parameters(arch):
     assert not torch.allclose(params1[0].grad, params2[0].grad)
     shared = build_model(_tiny_cfg(arch, separate=False))
     assert set(shared.online_network.projector.keys()) == {"shared"}
+
+
+@pytest.mark.parametrize("arch", ["OACMoCo", "OACBYOL", "OACDenseCL"])
+def test_separate_heads_can_start_equal_and_then_train_apart(arch):
+    torch.manual_seed(0)
+    cfg = _tiny_cfg(arch, separate=True)
+    cfg.MODEL.OAC.SEPARATE_HEADS_INIT = "equal"
+    model = build_model(cfg)
+    per_view = [m for m in model.online_network.children() if isinstance(m, torch.nn.ModuleDict)]
+    assert per_view  # the projector, and DenseCL's dense projector
+    for heads in per_view:
+        for p1, p2 in zip(heads["view1"].parameters(), heads["view2"].parameters()):
+            assert p1 is not p2
+            torch.testing.assert_close(p1, p2)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    sum(model(_batch()).values()).backward()
+    optimizer.step()
+    heads = model.online_network.projector
+    assert not torch.allclose(next(heads["view1"].parameters()), next(heads["view2"].parameters()))
+    # The target copies start equal too, and independent heads are two draws.
+    target = model.target_network.projector
+    torch.testing.assert_close(next(target["view1"].parameters()), next(target["view2"].parameters()))
+    independent = build_model(_tiny_cfg(arch, separate=True)).online_network.projector
+    assert not torch.allclose(next(independent["view1"].parameters()), next(independent["view2"].parameters()))
+    cfg.MODEL.OAC.SEPARATE_HEADS_INIT = "same"
+    with pytest.raises(ValueError, match="SEPARATE_HEADS_INIT"):
+        build_model(cfg)
 
 
 @pytest.mark.parametrize("arch,expected", [

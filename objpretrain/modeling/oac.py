@@ -57,15 +57,32 @@ def concat_all_gather(tensor):
 
 
 class KeyQueue(nn.Module):
-    """A FIFO of L2-normalized keys (MoCo's dictionary): buffers ``keys`` (size x dim, one key per row) and
-    ``ptr`` (the row the next key goes to). Saved with the model, so a resumed run keeps its negatives."""
+    """A FIFO of L2-normalized keys (MoCo's dictionary): buffers ``keys`` (size x dim, one key per row), ``ptr``
+    (the row the next key goes to) and ``filled`` (how many rows hold real keys). Saved with the model, so a
+    resumed run keeps its negatives.
 
-    def __init__(self, size, dim):
+    ``start="random"`` is the official MoCo code's: the rows start as random unit vectors and all of them are
+    negatives from the first iteration. ``start="empty"`` uses only the rows written so far (``negatives()``
+    grows from 0 to ``size``). Random rows are negatives that any embedding separates from its positive, so
+    while they fill the queue InfoNCE rewards pulling every query towards its key and nothing pushes real images
+    apart; at a small batch that phase lasts size / batch iterations and collapses the queries (docs/results.md).
+    """
+
+    STARTS = ("random", "empty")
+
+    def __init__(self, size, dim, start="random"):
         super().__init__()
         if size < 1:
             raise ValueError(f"MODEL.OAC.QUEUE_SIZE must be >= 1, got {size}")
+        if start not in self.STARTS:
+            raise ValueError(f"MODEL.OAC.QUEUE_START must be one of {self.STARTS}, got {start!r}")
         self.register_buffer("keys", F.normalize(torch.randn(size, dim), dim=1))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("filled", torch.tensor(size if start == "random" else 0, dtype=torch.long))
+
+    def negatives(self):
+        """(filled, dim) copy of the rows that are negatives now (rows fill from 0, so they are the first)."""
+        return self.keys[: int(self.filled)].clone()
 
     @torch.no_grad()
     def enqueue(self, keys):
@@ -79,6 +96,7 @@ class KeyQueue(nn.Module):
         index = (ptr + torch.arange(count, device=self.keys.device)) % size
         self.keys[index] = keys
         self.ptr.fill_((ptr + count) % size)
+        self.filled.fill_(min(size, int(self.filled) + count))
 
 
 class DenseProjectionHead(nn.Sequential):
@@ -116,6 +134,12 @@ class _OACModel(MomentumTargetModel):
         self.online_network = nn.Module()
         self.online_network.backbone = backbone
         self._build_online_heads(cfg, self.feature_dim)
+        if len(self.head_names) == 2 and oac.SEPARATE_HEADS_INIT == "equal":
+            self._copy_view1_heads_to_view2()
+        elif oac.SEPARATE_HEADS_INIT not in ("equal", "independent"):
+            raise ValueError(
+                f"MODEL.OAC.SEPARATE_HEADS_INIT must be 'independent' or 'equal', got {oac.SEPARATE_HEADS_INIT!r}"
+            )
         self.target_network = nn.Module()
         for name, child in self.online_network.named_children():
             if name not in self.online_only:
@@ -136,6 +160,12 @@ class _OACModel(MomentumTargetModel):
             if self.lambda_loc > 0 else None
         )
         self._register_pixel_normalization(cfg)
+
+    def _copy_view1_heads_to_view2(self):
+        """Starts every per-view head of view 2 as a copy of view 1's (they then train apart)."""
+        for heads in self.online_network.children():
+            if isinstance(heads, nn.ModuleDict) and set(heads.keys()) == set(VIEWS):
+                heads["view2"].load_state_dict(heads["view1"].state_dict())
 
     def head_for(self, view):
         """The projection-head key of ``view`` ("view1"/"view2", or "shared")."""
@@ -212,7 +242,9 @@ class OACMoCo(_OACModel):
         oac = cfg.MODEL.OAC
         self.directions = query_key_directions(oac.SEPARATE_HEADS)
         self.key_views = tuple(key for _, key in self.directions)
-        self.queues = nn.ModuleDict({view: KeyQueue(oac.QUEUE_SIZE, oac.HEAD_OUT_DIM) for view in self.key_views})
+        self.queues = nn.ModuleDict(
+            {view: KeyQueue(oac.QUEUE_SIZE, oac.HEAD_OUT_DIM, oac.QUEUE_START) for view in self.key_views}
+        )
         self.info_nce = InfoNCELoss(oac.TEMPERATURE)
 
     def _embed(self, network, view, images):
@@ -229,14 +261,14 @@ class OACMoCo(_OACModel):
             keys = {key_view: self._embed(self.target_network, key_view, images[key_view])[1]
                     for key_view in self.key_views}
         loss = sum(
-            self.info_nce(queries[query_view], keys[key_view], self.queues[key_view].keys.clone())
+            self.info_nce(queries[query_view], keys[key_view], self.queues[key_view].negatives())
             for query_view, key_view in self.directions
         ) / len(self.directions)
         if self.training:
             first_query, first_key = self.directions[0]
             self.health = HealthRecord(
                 embeddings={"projector": queries[first_query], "target_projector": keys[first_key]},
-                collapse_losses={"loss_moco": info_nce_collapse_loss(self.queues[first_key].keys.shape[0])},
+                collapse_losses={"loss_moco": info_nce_collapse_loss(int(self.queues[first_key].filled))},
             )
             for key_view in self.key_views:
                 self.queues[key_view].enqueue(keys[key_view])
@@ -309,9 +341,11 @@ class OACDenseCL(_OACModel):
         self.dense_weight = float(oac.DENSE_LOSS_WEIGHT)
         self.directions = query_key_directions(oac.SEPARATE_HEADS)
         self.key_views = tuple(key for _, key in self.directions)
-        self.queues = nn.ModuleDict({view: KeyQueue(oac.QUEUE_SIZE, oac.HEAD_OUT_DIM) for view in self.key_views})
+        self.queues = nn.ModuleDict(
+            {view: KeyQueue(oac.QUEUE_SIZE, oac.HEAD_OUT_DIM, oac.QUEUE_START) for view in self.key_views}
+        )
         self.dense_queues = nn.ModuleDict(
-            {view: KeyQueue(oac.QUEUE_SIZE, oac.HEAD_OUT_DIM) for view in self.key_views}
+            {view: KeyQueue(oac.QUEUE_SIZE, oac.HEAD_OUT_DIM, oac.QUEUE_START) for view in self.key_views}
         )
         self.info_nce = InfoNCELoss(oac.TEMPERATURE)
         self.dense_contrastive = DenseContrastiveLoss(oac.TEMPERATURE)
@@ -338,13 +372,13 @@ class OACDenseCL(_OACModel):
         for query_view, key_view in self.directions:
             _, q_global, q_dense, q_grid, _ = online[query_view]
             _, k_global, k_dense, k_grid, _ = target[key_view]
-            global_loss = global_loss + self.info_nce(q_global, k_global, self.queues[key_view].keys.clone())
+            global_loss = global_loss + self.info_nce(q_global, k_global, self.queues[key_view].negatives())
             dense_loss = dense_loss + self.dense_contrastive(
-                q_dense, k_dense, q_grid, k_grid, self.dense_queues[key_view].keys.clone()
+                q_dense, k_dense, q_grid, k_grid, self.dense_queues[key_view].negatives()
             )
         if self.training:
             first_query, first_key = self.directions[0]
-            collapsed = info_nce_collapse_loss(self.queues[first_key].keys.shape[0])
+            collapsed = info_nce_collapse_loss(int(self.queues[first_key].filled))
             self.health = HealthRecord(
                 embeddings={"projector": online[first_query][1], "target_projector": target[first_key][1]},
                 collapse_losses={"loss_global": (1.0 - self.dense_weight) * collapsed,
