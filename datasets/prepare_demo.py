@@ -5,6 +5,7 @@
   skimage/data/README.txt), the DeepForest sample images that have no annotations, and the tree tiles.
 - ``trees/``: the DeepForest wheel's aerial images with hand-labelled tree crowns (VOC XML; DeepForest is MIT
   licensed), tiled to at most 512 px, converted to COCO json, split into train and val by tile.
+- ``trees_voc/``: the same tiles and boxes in Pascal VOC layout (JPEG), for the VOC evaluator of the C4 chain.
 
 The DeepForest wheel is fetched with ``pip download --no-deps`` (a package registry, never the open web) into
 ``datasets/downloads/``. Re-running is a no-op once ``datasets/demo/.complete`` matches this script's version.
@@ -37,6 +38,9 @@ MIN_VISIBLE_FRACTION = 0.5
 MIN_BOX_SIDE = 4
 # Every VAL_EVERY-th tile (in a fixed order) goes to val.
 VAL_EVERY = 5
+# The trees in Pascal VOC layout, beside the COCO json.
+TREES_VOC = "trees_voc"
+TREES_VOC_VERSION = "2"
 SKIMAGE_PHOTOS = [
     "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg",
     "hubble_deep_field.jpg", "ihc.png", "camera.png", "coins.png", "moon.png", "brick.png",
@@ -139,6 +143,45 @@ def build_trees(data_dir, out_dir):
     return counts
 
 
+def build_trees_voc(trees_dir, out_dir):
+    """The tree tiles again in Pascal VOC layout (JPEGImages/*.jpg, Annotations/*.xml, ImageSets/Main/{train,
+    val}.txt), for the VOC evaluator of the C4 chain (configs/demo/finetune_trees_r18_c4.yaml). Boxes are
+    written in VOC's 1-based pixel convention, which Detectron2's loader undoes."""
+    for folder in ("JPEGImages", "Annotations", os.path.join("ImageSets", "Main")):
+        os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
+    for split in ("train", "val"):
+        with open(os.path.join(trees_dir, f"annotations_{split}.json")) as f:
+            coco = json.load(f)
+        boxes = {image["id"]: [] for image in coco["images"]}
+        for annotation in coco["annotations"]:
+            boxes[annotation["image_id"]].append(annotation["bbox"])
+        stems = []
+        for image in coco["images"]:
+            stem = os.path.splitext(image["file_name"])[0]
+            stems.append(stem)
+            Image.open(os.path.join(trees_dir, "images", image["file_name"])).convert("RGB").save(
+                os.path.join(out_dir, "JPEGImages", stem + ".jpg"), quality=95)
+            root = ET.Element("annotation")
+            ET.SubElement(root, "filename").text = stem + ".jpg"
+            size = ET.SubElement(root, "size")
+            for key, value in (("width", image["width"]), ("height", image["height"]), ("depth", 3)):
+                ET.SubElement(size, key).text = str(value)
+            for x, y, w, h in boxes[image["id"]]:
+                obj = ET.SubElement(root, "object")
+                # Every field Detectron2's VOC evaluator reads (pascal_voc_evaluation.parse_rec).
+                ET.SubElement(obj, "name").text = "tree"
+                ET.SubElement(obj, "pose").text = "Unspecified"
+                ET.SubElement(obj, "truncated").text = "0"
+                ET.SubElement(obj, "difficult").text = "0"
+                box = ET.SubElement(obj, "bndbox")
+                corners = (round(x) + 1, round(y) + 1, round(x + w), round(y + h))
+                for key, value in zip(("xmin", "ymin", "xmax", "ymax"), corners):
+                    ET.SubElement(box, key).text = str(value)
+            ET.ElementTree(root).write(os.path.join(out_dir, "Annotations", stem + ".xml"))
+        with open(os.path.join(out_dir, "ImageSets", "Main", f"{split}.txt"), "w") as f:
+            f.write("".join(stem + "\n" for stem in stems))
+
+
 def build_unlabeled(data_dir, trees_image_dir, out_dir):
     import skimage
 
@@ -161,15 +204,34 @@ def build_unlabeled(data_dir, trees_image_dir, out_dir):
     return count
 
 
+def ensure_trees_voc(root):
+    """Adds the VOC copy of the trees to a demo folder built before it existed (kept beside its proposals)."""
+    out_dir = os.path.join(root, TREES_VOC)
+    marker = os.path.join(out_dir, ".complete")
+    if os.path.exists(marker) and open(marker).read().strip() == TREES_VOC_VERSION:
+        return
+    staging = tempfile.mkdtemp(prefix=".voc-staging-", dir=root)
+    build_trees_voc(os.path.join(root, "trees"), staging)
+    with open(os.path.join(staging, ".complete"), "w") as f:
+        f.write(TREES_VOC_VERSION)
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+
+
 def prepare(root, download_dir, force=False):
     marker = os.path.join(root, ".complete")
     if not force and os.path.exists(marker) and open(marker).read().strip() == VERSION:
+        ensure_trees_voc(root)
         return root
     data_dir = fetch_deepforest_data(download_dir)
     parent = os.path.dirname(os.path.abspath(root))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".demo-staging-", dir=parent)
     counts = build_trees(data_dir, os.path.join(staging, "trees"))
+    build_trees_voc(os.path.join(staging, "trees"), os.path.join(staging, TREES_VOC))
+    with open(os.path.join(staging, TREES_VOC, ".complete"), "w") as f:
+        f.write(TREES_VOC_VERSION)
     num_unlabeled = build_unlabeled(data_dir, os.path.join(staging, "trees", "images"), os.path.join(staging, "unlabeled"))
     with open(os.path.join(staging, "README.md"), "w") as f:
         f.write(

@@ -184,6 +184,26 @@ def test_wrong_kind_for_target_fails_clearly(soco_r50_c4, soco_demo):
     assert "res5.2.conv3.weight" in convert_state_dict(soco_r50_c4, "d2-backbone").state_dict
 
 
+def test_r18_c4_converts_to_d2_c4_only():
+    """SoCo-C4 on R18: basic-block res2-res4 and Res5ROIHeads' bottleneck res5, which Detectron2's R18-C4 detector
+    also has; --to d2-c4 writes it, and the other targets say why they cannot."""
+    pretrain = build_model(get_pretrain_cfg(os.path.join(REPO, "configs/demo/soco_r18_c4_demo.yaml"), SOCO_CPU))
+    state = pretrain.state_dict()
+    conversion = convert_state_dict(state, "d2-c4")
+    detector = finetune_model(os.path.join(REPO, "configs/demo/finetune_trees_r18_c4.yaml"))
+    new = check_against_model(conversion, detector.state_dict())
+    assert [n for n in new if n.startswith(("backbone.", "roi_heads.res5."))] == [
+        "roi_heads.res5.norm." + leaf for leaf in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+    assert "backbone.res4.1.conv2.weight" in conversion.state_dict and "roi_heads.res5.2.conv3.weight" in conversion.state_dict
+    for target in ("d2-fpn", "d2-backbone", "torchvision"):
+        with pytest.raises(CheckpointError, match="R18-C4 model.*--to d2-c4"):
+            convert_state_dict(state, target)
+    # A basic res2-res4 with anything but 3 bottleneck res5 blocks is still an error.
+    broken = OrderedDict((k, v) for k, v in state.items() if ".res5.2." not in k)
+    with pytest.raises(CheckpointError, match="mix basic"):
+        convert_state_dict(broken, "d2-c4")
+
+
 def test_mismatched_config_is_reported(soco_demo):
     conversion = convert_state_dict(soco_demo[0].state_dict(), "d2-fpn")
     detector = finetune_model(DEMO_FINETUNE, ["MODEL.ROI_BOX_HEAD.CONV_DIM", "32"])

@@ -119,6 +119,24 @@ def test_demo_datasets_register_with_valid_dicts(demo_data):
     assert 850 <= total_boxes <= 960
 
 
+def test_demo_trees_in_voc_layout_have_the_coco_boxes(demo_data):
+    """datasets/demo/trees_voc (the C4 chain's VOC evaluation) holds the same tiles and boxes as the COCO json,
+    to VOC's integer pixels."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    for split in ("train", "val"):
+        coco = {os.path.splitext(os.path.basename(d["file_name"]))[0]: d for d in DatasetCatalog.get(f"demo_trees_{split}")}
+        voc = DatasetCatalog.get(f"demo_trees_voc_{split}")
+        assert MetadataCatalog.get(f"demo_trees_voc_{split}").evaluator_type == "pascal_voc"
+        assert sorted(d["image_id"] for d in voc) == sorted(coco)
+        for d in voc:
+            expected = np.array(sorted([a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                                       for a in coco[d["image_id"]]["annotations"])).reshape(-1, 4)
+            boxes = np.array(sorted(a["bbox"] for a in d["annotations"])).reshape(-1, 4)
+            assert boxes.shape == expected.shape and np.abs(boxes - expected).max(initial=0) <= 0.5 + 1e-6
+            assert (d["width"], d["height"]) == (coco[d["image_id"]]["width"], coco[d["image_id"]]["height"])
+
+
 def test_demo_tree_tiles_keep_the_source_pixels(demo_data, tmp_path):
     """A tile is the exact crop of its source image: boxes converted to tile coordinates stay on the same trees."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "datasets"))

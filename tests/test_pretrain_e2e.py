@@ -126,3 +126,48 @@ def test_kill_and_resume_continues_with_the_same_lr_tau_loss_and_weights(repo_ro
     final_a, final_b = uninterrupted.model.state_dict(), resumed.model.state_dict()
     for name, value in final_a.items():
         assert torch.allclose(value.float(), final_b[name].float(), atol=1e-5), name
+
+
+@pytest.mark.slow
+def test_c4_chain_pretrain_convert_finetune_and_voc_evaluation(repo_root, tiny_unlabeled, demo_data, tmp_path):
+    """SoCo R18-C4 (tools/pretrain_net.py) -> tools/convert_ckpt.py --to d2-c4 -> Faster R-CNN R18-C4 with
+    Res5ROIHeadsExtraNorm (tools/train_net.py) on the demo trees -> Pascal VOC evaluation, as the FPN chain."""
+    import subprocess
+    import sys
+
+    from test_convert import load_tool
+
+    pretrain_net = load_tool("pretrain_net")
+    pretrain_dir = str(tmp_path / "pretrain")
+    pretrain_net.main(pretrain_net.default_argument_parser().parse_args(
+        ["--config-file", os.path.join(repo_root, "configs/demo/soco_r18_c4_demo.yaml"),
+         "DATASETS.TRAIN", f"('{tiny_unlabeled['name']}',)",
+         "DATASETS.PROPOSAL_FILES_TRAIN", f"('{tiny_unlabeled['proposal_file']}',)",
+         "INPUT.SOCO.VIEW_SIZE", "64", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1",
+         "SOLVER.CHECKPOINT_PERIOD", "100", "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", pretrain_dir]))
+
+    finetune_config = os.path.join(repo_root, "configs/demo/finetune_trees_r18_c4.yaml")
+    converted = str(tmp_path / "soco_c4.pkl")
+    result = subprocess.run(
+        [sys.executable, os.path.join(repo_root, "tools/convert_ckpt.py"), os.path.join(pretrain_dir, "model_final.pth"),
+         converted, "--to", "d2-c4", "--verify-config", finetune_config], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+    train_net = load_tool("train_net")
+    finetune_dir = str(tmp_path / "finetune")
+    results = train_net.main(train_net.get_parser().parse_args(
+        ["--config-file", finetune_config, "MODEL.WEIGHTS", converted,
+         "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "160", "INPUT.MIN_SIZE_TEST", "128",
+         "INPUT.MAX_SIZE_TEST", "160", "MODEL.RPN.POST_NMS_TOPK_TEST", "50", "SOLVER.MAX_ITER", "3",
+         "SOLVER.STEPS", "(2,)", "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "100",
+         "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", finetune_dir]))
+    assert set(results) == {"bbox"} and {"AP", "AP50", "AP75"} <= set(results["bbox"])  # the VOC evaluator's keys
+    assert all(np.isfinite(v) for v in results["bbox"].values())
+
+    # The detector started from the pretrained res4 and res5 (3 iterations at lr 0.005 move them little).
+    pretrained = torch.load(os.path.join(pretrain_dir, "model_final.pth"), map_location="cpu", weights_only=False)["model"]
+    final = torch.load(os.path.join(finetune_dir, "model_final.pth"), map_location="cpu", weights_only=False)["model"]
+    for source, name in (("online_network.backbone.res4.0.conv1.weight", "backbone.res4.0.conv1.weight"),
+                         ("online_network.res5.2.conv3.weight", "roi_heads.res5.2.conv3.weight")):
+        assert source in pretrained, sorted(k for k in pretrained if "res5.2" in k)[:3]
+        assert (final[name] - pretrained[source]).abs().max() < 0.1 * pretrained[source].abs().max()

@@ -60,6 +60,8 @@ RESNET_STAGES = ("res2", "res3", "res4", "res5")
 # Blocks per stage of the standard depths, by convs per block (Detectron2's ResNet: 2 basic, 3 bottleneck).
 _RESNET_DEPTHS = {2: {(2, 2, 2, 2): 18, (3, 4, 6, 3): 34},
                   3: {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}}
+# res2-res4 blocks of R18 / R34 C4 models, whose res5 is Res5ROIHeads' 3 bottleneck blocks.
+_BASIC_C4_DEPTHS = {(2, 2, 2): 18, (3, 4, 6): 34}
 
 # Bare Detectron2 ResNet parameter names (deformable offsets and anything else fall outside and are reported).
 _RESNET_NAME = re.compile(r"^(stem\.conv1|res[2-5]\.\d+\.(conv\d+|shortcut))\.(norm\.)?\w+$")
@@ -354,7 +356,7 @@ def validate_resnet(resnet):
     norm_fields = {f for f in stem if f.startswith("norm.")} or None
     _check_layer("stem.conv1", stem, norm_fields, problems)
     out_channels = stem.get("weight", (0,))[0]
-    block_counts, convs_per_block = [], None
+    block_counts, stage_convs = [], []
     for stage in RESNET_STAGES:
         blocks = sorted({int(m.split(".")[1]) for m in modules if m.startswith(stage + ".")})
         if not blocks:
@@ -375,7 +377,7 @@ def validate_resnet(resnet):
                 continue
             if convs_of_block0 is None:
                 convs_of_block0 = conv_names
-                convs_per_block = len(conv_names)
+                stage_convs.append(len(conv_names))
             elif conv_names != convs_of_block0:
                 problems.append(f"{stage}.{block}: convs {conv_names}, block 0 has {convs_of_block0}")
                 continue
@@ -398,12 +400,43 @@ def validate_resnet(resnet):
                     problems.append(f"{conv}.weight {weight} does not take the {previous} channels before it")
                 previous = weight[0] if weight is not None else previous
             out_channels = block_out
-    depths = _RESNET_DEPTHS.get(convs_per_block, {})
-    if len(block_counts) == len(RESNET_STAGES) and not problems and tuple(block_counts) not in depths:
-        known = ", ".join(f"R{d}: {counts}" for counts, d in depths.items())
-        problems.append(f"blocks per stage {tuple(block_counts)} match no ResNet depth ({known}); "
-                        "blocks at the end of a stage are missing")
+    if len(block_counts) == len(RESNET_STAGES) and not problems:
+        problems += _check_depth(tuple(block_counts), tuple(stage_convs))
     return problems
+
+
+def _check_depth(block_counts, stage_convs):
+    """Problems with the blocks per stage and convs per block of a complete ResNet: a standard depth, or the
+    basic-block C4 layout (R18/R34 res2-res4 with Detectron2's 3-bottleneck res5, see is_basic_c4_layout)."""
+    if len(set(stage_convs)) > 1:
+        if is_basic_c4_layout(block_counts, stage_convs):
+            return []
+        return [f"convs per block {stage_convs} for res2-res5 mix basic (2) and bottleneck (3) blocks; only the "
+                "basic-block C4 layout (2, 2, 2, 3) with 3 res5 blocks is known"]
+    depths = _RESNET_DEPTHS.get(stage_convs[0], {})
+    if block_counts in depths:
+        return []
+    known = ", ".join(f"R{d}: {counts}" for counts, d in depths.items())
+    return [f"blocks per stage {block_counts} match no ResNet depth ({known}); blocks at the end of a stage "
+            "are missing"]
+
+
+def is_basic_c4_layout(block_counts, stage_convs):
+    """True for an R18/R34 C4 model: basic-block res2-res4 and a res5 of 3 bottleneck blocks, which is what
+    Detectron2's Res5ROIHeads builds for every depth (it always makes res5 from BottleneckBlocks)."""
+    return (tuple(stage_convs) == (2, 2, 2, 3) and block_counts[3] == 3
+            and tuple(block_counts[:3]) in _BASIC_C4_DEPTHS)
+
+
+def resnet_layout(resnet):
+    """Convs per block of res2-res5 (2 = basic, 3 = bottleneck) and blocks per stage of a validated ResNet."""
+    modules = _modules(resnet)
+    counts, convs = [], []
+    for stage in RESNET_STAGES:
+        blocks = {int(m.split(".")[1]) for m in modules if m.startswith(stage + ".")}
+        counts.append(len(blocks))
+        convs.append(sum(1 for m in modules if m.startswith(f"{stage}.0.conv")))
+    return tuple(counts), tuple(convs)
 
 
 def _stage_out_channels(resnet, stage):
@@ -480,6 +513,14 @@ def convert_state_dict(state_dict, target, encoder="online"):
     problems += _check_finite({**parsed.resnet, **parsed.fpn, **parsed.box_head})
     if problems:
         raise CheckpointError(f"{parsed.kind}: " + "; ".join(problems))
+    block_counts, stage_convs = resnet_layout({k: t for k, (_, t) in parsed.resnet.items()})
+    if is_basic_c4_layout(block_counts, stage_convs) and target != "d2-c4":
+        depth = _BASIC_C4_DEPTHS[block_counts[:3]]
+        raise CheckpointError(
+            f"{parsed.kind}: an R{depth}-C4 model (basic-block res2-res4, and res5 of 3 bottleneck blocks as "
+            f"Detectron2's Res5ROIHeads builds it), which no R{depth} {target} model has: its res5 is basic "
+            "blocks. Convert it with --to d2-c4 for Faster / Mask R-CNN R18/R34-C4"
+        )
 
     outputs, dropped, new_modules = [], list(parsed.dropped), []
     unused = {"FPN": parsed.fpn, "box head": parsed.box_head}
