@@ -1,5 +1,5 @@
 """OHMS construction (tools/build_ohms.py, objpretrain.data.datasets.ohms) and the linear probe
-(tools/linear_eval.py): average precision, and an end-to-end run on a tiny synthetic set."""
+(tools/linear_eval.py, objpretrain/evaluation): average precision, and an end-to-end run on a tiny synthetic set."""
 import importlib.util
 import json
 import os
@@ -15,6 +15,7 @@ from detectron2.structures import BoxMode
 
 from objpretrain.config import get_pretrain_cfg
 from objpretrain.data.datasets.ohms import build_ohms_subset, load_class_descriptions, register_ohms
+from objpretrain.evaluation import frozen_features, linear_probe, metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,20 +128,21 @@ def test_registered_ohms_gives_multilabel_dicts_and_absolute_boxes(openimages_cs
 
 
 # ------------------------------------------------------------------------------------------ linear probe
-def test_average_precision_hand_examples(linear_eval):
+def test_average_precision_hand_examples():
+    """The cases of the hand-written AP the probes used before scikit-learn's, which must give the same values."""
     # Ranked: + - + -: P@1 = 1 (R 0.5), P@3 = 2/3 (R 1.0): AP = 0.5 * 1 + 0.5 * 2/3.
-    assert linear_eval.average_precision([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0]) == pytest.approx(5 / 6)
-    assert linear_eval.average_precision([0.1, 0.9, 0.3], [1, 0, 0]) == pytest.approx(1 / 3)
-    assert linear_eval.average_precision([0.3, 0.2], [1, 1]) == pytest.approx(1.0)
+    assert metrics.average_precision([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0]) == pytest.approx(5 / 6)
+    assert metrics.average_precision([0.1, 0.9, 0.3], [1, 0, 0]) == pytest.approx(1 / 3)
+    assert metrics.average_precision([0.3, 0.2], [1, 1]) == pytest.approx(1.0)
     # Ties are one threshold: both examples enter together, precision 1/2.
-    assert linear_eval.average_precision([0.5, 0.5], [1, 0]) == pytest.approx(0.5)
-    assert linear_eval.average_precision([0.5, 0.5, 0.1], [0, 1, 1]) == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3)
-    assert np.isnan(linear_eval.average_precision([0.5, 0.4], [0, 0]))
+    assert metrics.average_precision([0.5, 0.5], [1, 0]) == pytest.approx(0.5)
+    assert metrics.average_precision([0.5, 0.5, 0.1], [0, 1, 1]) == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3)
+    assert np.isnan(metrics.average_precision([0.5, 0.4], [0, 0]))
     scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.3]])
     labels = np.array([[1, 0], [0, 0], [1, 0]])  # class 1 has no positive: left out of the mean
-    mean_ap, per_class = linear_eval.mean_average_precision(scores, labels)
+    mean_ap, per_class = metrics.mean_average_precision(scores, labels)
     assert mean_ap == pytest.approx(0.5 * 1 + 0.5 * 2 / 3) and np.isnan(per_class[1])
-    assert linear_eval.top1_accuracy([[0.1, 0.9], [0.8, 0.2]], [1, 1]) == 0.5
+    assert metrics.top1_accuracy([[0.1, 0.9], [0.8, 0.2]], [1, 1]) == 0.5
 
 
 def test_linear_eval_end_to_end_on_cpu(linear_eval, synthetic_coco, tmp_path):
@@ -191,7 +193,7 @@ def test_object_features_pool_each_box_from_its_own_region(linear_eval, tmp_path
     cfg = get_pretrain_cfg(os.path.join(REPO, "configs", "demo", "oac_moco_r18_demo.yaml"),
                            ["MODEL.PIXEL_MEAN", "[0.0, 0.0, 0.0]", "MODEL.PIXEL_STD", "[1.0, 1.0, 1.0]"])
     # Shorter side 64 -> 128: the boxes double, and their inner stride-16 cells are all one colour.
-    features, labels = linear_eval.extract_object_features(_PooledImage(), dicts, cfg, resize=128, device="cpu")
+    features, labels = frozen_features.extract_object_features(_PooledImage(), dicts, cfg, resize=128, device="cpu")
     assert labels.tolist() == [0, 2]  # the crowd box and the unreadable image are left out
     assert features.shape == (2, 6)
     np.testing.assert_allclose(features[0, :3], [255, 0, 0], atol=2)  # 2: bilinear edges
@@ -225,7 +227,7 @@ def test_random_init_probe_and_chance_levels(linear_eval, synthetic_coco, tmp_pa
 
 def test_random_init_backbone_follows_the_seed(linear_eval):
     cfg = get_pretrain_cfg(os.path.join(REPO, "configs", "demo", "oac_moco_r18_demo.yaml"))
-    first, again, other = (linear_eval.build_frozen_backbone(cfg, None, seed).state_dict() for seed in (0, 0, 1))
+    first, again, other = (frozen_features.build_frozen_backbone(cfg, None, seed).state_dict() for seed in (0, 0, 1))
     name = "stem.conv1.weight"
     assert torch.equal(first[name], again[name]) and not torch.equal(first[name], other[name])
 
@@ -237,7 +239,7 @@ def test_object_classifier_control_fits_its_objects_and_loads_into_the_probe(lin
     accuracies = control.main(["--config-file", config, "--dataset", synthetic_coco["name"], "--output", output,
                                "--crop-size", "32", "--epochs", "15", "--batch-size", "16"])
     assert accuracies[-1] >= 0.8 and accuracies[-1] > accuracies[0]  # a supervised ResNet fits its own objects
-    initial = linear_eval.build_frozen_backbone(get_pretrain_cfg(config), None, seed=0).state_dict()
+    initial = frozen_features.build_frozen_backbone(get_pretrain_cfg(config), None, seed=0).state_dict()
     trained = torch.load(output)["model"]
     assert not torch.equal(trained["res2.0.conv1.weight"], initial["res2.0.conv1.weight"])  # the ResNet trained too
     # the probe builds the ResNet from it with every tensor present (build_frozen_backbone raises otherwise)
@@ -248,10 +250,10 @@ def test_object_classifier_control_fits_its_objects_and_loads_into_the_probe(lin
 
 
 def test_class_indices_map_to_sorted_training_labels_and_reject_unseen_test_labels(linear_eval):
-    targets = linear_eval.class_indices({"train": ["dog", "cat", "dog"], "test": ["cat", "cat"]}, "classes")
+    targets = linear_probe.class_indices({"train": ["dog", "cat", "dog"], "test": ["cat", "cat"]}, "classes")
     assert targets["train"].tolist() == [1, 0, 1] and targets["test"].tolist() == [0, 0]
     with pytest.raises(ValueError, match=r"test classes absent from the training set: \['bird'\]"):
-        linear_eval.class_indices({"train": ["dog"], "test": ["bird", "dog"]}, "classes")
+        linear_probe.class_indices({"train": ["dog"], "test": ["bird", "dog"]}, "classes")
 
 
 def test_single_label_probe_skips_unreadable_images_and_reports_the_majority_chance(linear_eval, synthetic_coco,
@@ -271,30 +273,28 @@ def test_single_label_probe_skips_unreadable_images_and_reports_the_majority_cha
 
 
 @pytest.mark.parametrize("task", ["multilabel", "objects"])
-def test_probe_batchnorm_is_reestimated_at_the_probe_resolution(linear_eval, synthetic_coco, task):
+def test_probe_batchnorm_is_reestimated_at_the_probe_resolution(synthetic_coco, task):
     """Every BN of the frozen backbone gets the statistics of the training images as the probe preprocesses them."""
-    import argparse
-
     from detectron2.data import DatasetCatalog
 
     cfg = get_pretrain_cfg(os.path.join(REPO, "configs", "demo", "oac_moco_r18_demo.yaml"))
-    backbone = linear_eval.build_frozen_backbone(cfg, None, seed=0)
+    backbone = frozen_features.build_frozen_backbone(cfg, None, seed=0)
     stem_norm = backbone.stem.conv1.norm
     assert torch.all(stem_norm.running_mean == 0)  # a random init's unit statistics
     dicts = DatasetCatalog.get(synthetic_coco["name"])
-    args = argparse.Namespace(task=task, resize=64, crop=64, bn_images=4, batch_size=2, device="cpu")
-    assert linear_eval.reestimate_probe_batchnorm(backbone, dicts, cfg, args) == 4
+    crop = None if task == "objects" else 64
+    assert frozen_features.reestimate_probe_batchnorm(backbone, dicts, cfg, 64, crop, 4, 2, "cpu") == 4
     assert not backbone.training and not any(p.requires_grad for p in backbone.parameters())
     # The stem's BN mean is the mean of its conv output over the 4 preprocessed training images.
     mean = torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1)
     std = torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1)
     step = len(dicts) // 4
-    if task == "objects":
-        import torchvision.transforms.v2.functional as TF
+    import torchvision.transforms.v2.functional as TF
 
-        images = [(TF.resize(torch.from_numpy(np.array(Image.open(d["file_name"]).convert("RGB"))).permute(2, 0, 1),
-                             [64], antialias=True).float() - mean) / std for d in dicts[::step][:4]]
-    else:
-        images = [linear_eval.preprocess(d["file_name"], 64, 64, mean, std) for d in dicts[::step][:4]]
+    images = [TF.resize(torch.from_numpy(np.array(Image.open(d["file_name"]).convert("RGB"))).permute(2, 0, 1),
+                        [64], antialias=True) for d in dicts[::step][:4]]
+    if crop:
+        images = [TF.center_crop(image, [crop, crop]) for image in images]
+    images = [(image.float() - mean) / std for image in images]
     conv = torch.nn.functional.conv2d(torch.stack(images), backbone.stem.conv1.weight, stride=2, padding=3)
     torch.testing.assert_close(stem_norm.running_mean, conv.mean(dim=(0, 2, 3)), atol=1e-4, rtol=1e-4)

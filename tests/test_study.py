@@ -132,17 +132,8 @@ def test_study_smoke_run_reports_every_arm(tmp_path):
         assert sum('"bbox/AP"' in line for line in f) == 1
 
 
-def _run_study_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("run_study", os.path.join(REPO, "tools", "run_study.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_summary_tests_each_claimed_ordering(tmp_path):
-    run_study = _run_study_module()
+    from objpretrain.study.summary import summarize
 
     def result(arm, seed, ap, probe):
         return {"arm": arm, "seed": seed, "bbox_AP": ap, "linear_probe_map": probe, "linear_probe_map_chance": 60.0,
@@ -151,7 +142,7 @@ def test_summary_tests_each_claimed_ordering(tmp_path):
     results = [result("soco", s, 3.0 + 0.1 * s, 70.0 + s) for s in range(3)]
     results += [result("byol_whole_image", s, 1.0 + 0.1 * s, 72.0 - s) for s in range(3)]
     results += [result("random_init", s, 5.0 - 0.1 * s, 65.0 + 0.01 * s) for s in range(3)]
-    rows, table = run_study.summarize(results, str(tmp_path))
+    rows, table = summarize(results, str(tmp_path))
     with open(tmp_path / "summary.json") as f:
         claims = {(c["claim"], c["metric"]): c for c in json.load(f)["claims"]}
     assert claims[("soco > byol_whole_image", "bbox_AP")]["verdict"] == "holds"

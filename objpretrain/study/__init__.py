@@ -1,0 +1,2 @@
+"""The reproduction study of docs/results.md (tools/run_study.py): pipeline (stages), summary (statistics,
+tables), plots."""
