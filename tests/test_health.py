@@ -185,8 +185,10 @@ def test_hook_writes_spread_loss_ratio_movement_and_distance(tmp_path):
         assert (tmp_path / INITIAL_WEIGHTS_FILE).exists()
         with torch.no_grad():
             model.online_network.backbone["stem"].weight.mul_(1.5)  # moves stem by exactly 50 %
-        _step(hook, storage, 0, {"projector": torch.randn(64, 16)}, {"loss_x": 1.0})
+        projections = torch.randn(64, 16)
+        _step(hook, storage, 0, {"projector": projections * 3}, {"loss_x": 1.0})
         latest = {k: v for k, (v, _) in storage.latest().items()}
+    assert latest["health/projector_norm"] == pytest.approx(3 * float(projections.norm(dim=1).mean()), rel=1e-5)
     assert latest["health/move_stem_since_start"] == pytest.approx(0.5, rel=1e-5)
     assert latest["health/move_res2_since_start"] == 0.0
     assert latest["health/loss_x_collapse_value"] == 2.0 and latest["health/loss_x_over_collapse"] == 0.5

@@ -8,6 +8,8 @@ storage (so metrics.json and TensorBoard), for the model's last step (``model.he
 
 - ``health/<embedding>_spread`` and ``health/<embedding>_cosine_to_mean`` for every embedding the model
   reports (projector, predictor, target projector): about 1 and low when spread, 0 and 1 when collapsed;
+  ``health/<embedding>_norm``, the mean L2 norm of its rows before normalization (a cosine loss leaves it free,
+  and a norm that grows shrinks the gradient every later step gets by 1 / norm);
 - ``health/<loss>_collapse_value`` beside the loss itself, and ``health/<loss>_over_collapse`` (their ratio);
 - ``health/move_<group>_since_start`` and ``health/move_<group>_last_period``: the relative change
   ``||W - W_ref|| / ||W_ref||`` of the weights (conv and linear, not norms) of each group of the online network
@@ -176,6 +178,7 @@ class HealthMonitorHook(HookBase):
         if record is not None:
             for name, embedding in record.embeddings.items():
                 values[f"{name}_spread"], values[f"{name}_cosine_to_mean"] = embedding_spread(embedding)
+                values[f"{name}_norm"] = float(embedding.float().flatten(1).norm(dim=1).mean())
             losses = {name: value for name, (value, _) in self.trainer.storage.latest().items()}
             if len(record.collapse_losses) == 1 and "total_loss" in losses:
                 # Detectron2 stores a model's losses one by one only when there are several; a lone loss is
