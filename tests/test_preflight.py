@@ -66,6 +66,19 @@ def test_gpu_config_on_a_cpu_machine(demo_root):
         check_runnable(cfg)
 
 
+def test_syncbn_in_several_cpu_processes_names_the_key_and_the_replacement(demo_root):
+    """torch's SyncBatchNorm refuses CPU tensors once it has to synchronize (several gloo processes); one process
+    uses it as plain BN, so only a multi-process CPU launch is stopped."""
+    opts = ["MODEL.RESNETS.NORM", "SyncBN", "DATASETS.PROPOSAL_FILES_TRAIN", "()"]
+    with pytest.raises(ConfigError, match="MODEL.RESNETS.NORM.*2 processes.*`NaiveSyncBN`"):
+        check_runnable(get_pretrain_cfg(DEMO_CONFIG, opts), num_processes=2)
+    check_runnable(get_pretrain_cfg(DEMO_CONFIG, opts), num_processes=1)
+    heads = ["MODEL.SOCO.HEAD_NORM", "SyncBN", "DATASETS.PROPOSAL_FILES_TRAIN", "()"]
+    with pytest.raises(ConfigError, match="MODEL.SOCO.HEAD_NORM.*add the override `MODEL.SOCO.HEAD_NORM` `BN`"):
+        check_runnable(get_pretrain_cfg(DEMO_CONFIG, heads), num_processes=4)
+    check_runnable(get_pretrain_cfg(DEMO_CONFIG, ["DATASETS.PROPOSAL_FILES_TRAIN", "()"]), num_processes=2)
+
+
 def test_a_runnable_config_passes(demo_root, tmp_path):
     proposals = tmp_path / "proposals.pkl"
     proposals.write_bytes(b"")

@@ -110,7 +110,7 @@ def main(args):
 def preflight(args):
     """Registers the config's datasets and checks it can run here, before any process is launched."""
     cfg = build_config(args)
-    check_runnable(cfg, proposal_files=cfg.MODEL.LOAD_PROPOSALS)
+    check_runnable(cfg, proposal_files=cfg.MODEL.LOAD_PROPOSALS, num_processes=args.num_gpus * args.num_machines)
 
 
 def get_parser():

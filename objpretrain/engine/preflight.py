@@ -2,7 +2,8 @@
 names the file, key or dataset and the command or override that fixes it (tools print it and exit with status 2,
 :func:`exit_on_config_error`), instead of a traceback from deep inside Detectron2 minutes later.
 
-Checked: MODEL.DEVICE against the visible GPUs; that every dataset of DATASETS.TRAIN / TEST is registered and,
+Checked: MODEL.DEVICE against the visible GPUs; torch's SyncBatchNorm ("SyncBN") in several processes on a CPU,
+which it refuses (gloo has no SyncBatchNorm kernel); that every dataset of DATASETS.TRAIN / TEST is registered and,
 for the demo sets, that ``datasets/prepare_demo.py`` has built them; that every proposal file exists.
 """
 import os
@@ -16,17 +17,34 @@ from ..data.datasets.demo import demo_root
 __all__ = ["ConfigError", "check_runnable", "exit_on_config_error"]
 
 DEMO_DATASETS = ("demo_unlabeled", "demo_trees_train", "demo_trees_val")
+# Norm keys -> whether Detectron2's NaiveSyncBN (all_reduce, so gloo works) may replace SyncBN there; the MLP heads'
+# norms (objpretrain.modeling.heads.get_norm1d) take "BN" or "SyncBN" only.
+NORM_KEYS = {"MODEL.RESNETS.NORM": True, "MODEL.FPN.NORM": True, "MODEL.ROI_BOX_HEAD.NORM": True,
+             "MODEL.ROI_MASK_HEAD.NORM": True, "MODEL.SOCO.HEAD_NORM": False, "MODEL.OAC.HEAD_NORM": False}
+
+
+def _lookup(cfg, key):
+    node = cfg
+    for part in key.split("."):
+        node = node.get(part) if hasattr(node, "get") else None
+    return node
 
 
 class ConfigError(ValueError):
     """A problem with a config that the user fixes with a command or an override; the message is one line."""
 
 
-def check_runnable(cfg, proposal_files=True):
+def check_runnable(cfg, proposal_files=True, num_processes=1):
     """Raises :class:`ConfigError` for the first problem found (module docstring); returns None when there is
     none. ``proposal_files``: also check DATASETS.PROPOSAL_FILES_TRAIN (pretraining reads them; a fine-tuning
-    config that does not load proposals ignores them)."""
+    config that does not load proposals ignores them). ``num_processes``: processes of the launch, all machines."""
     device = str(cfg.MODEL.DEVICE)
+    if num_processes > 1 and not device.startswith("cuda"):
+        for key, naive in NORM_KEYS.items():
+            if _lookup(cfg, key) == "SyncBN":
+                fix = "`NaiveSyncBN` (Detectron2's, synchronized through gloo) or `BN`" if naive else "`BN`"
+                raise ConfigError(f"{key} is 'SyncBN' (torch's SyncBatchNorm, GPU only) but {num_processes} processes "
+                                  f"run on the CPU; add the override `{key}` {fix}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"MODEL.DEVICE is {device!r} but no CUDA GPU is visible on this machine; add the override "
                           "`MODEL.DEVICE cpu` (and SOLVER.AMP.ENABLED False)")
