@@ -24,6 +24,7 @@ from objpretrain.config import add_objpretrain_config
 from objpretrain.data.build import build_resumable_detection_train_loader
 from objpretrain.data.datasets import register_datasets_from_cfg
 from objpretrain.engine.checkpoint import AtomicDetectionCheckpointer
+from objpretrain.engine.distributed import install as install_device_ddp
 from objpretrain.engine.preflight import check_runnable, exit_on_config_error
 from objpretrain.engine.resumable import ResumableDataStreamMixin
 
@@ -48,7 +49,12 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
 class Trainer(ResumableDataStreamMixin, DefaultTrainer):
     """DefaultTrainer with crash-safe checkpoints (``AtomicDetectionCheckpointer``: atomic saves, and
     ``--resume`` falls back to the newest readable checkpoint) and a resume that continues the exact data
-    stream and step RNGs (``ResumableDataStreamMixin``); see docs/reliability.md."""
+    stream and step RNGs (``ResumableDataStreamMixin``); see docs/reliability.md. Its DDP model is built on the
+    model's device, so ``--num-gpus N`` also runs on a CPU machine (objpretrain.engine.distributed)."""
+
+    def __init__(self, cfg):
+        install_device_ddp()
+        super().__init__(cfg)
 
     @classmethod
     def build_train_loader(cls, cfg):

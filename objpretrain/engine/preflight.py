@@ -41,6 +41,8 @@ def check_runnable(cfg, proposal_files=True, num_processes=1):
     device = str(cfg.MODEL.DEVICE)
     if num_processes > 1 and not device.startswith("cuda"):
         for key, naive in NORM_KEYS.items():
+            if key == "MODEL.ROI_MASK_HEAD.NORM" and not cfg.MODEL.MASK_ON:
+                continue  # no mask head is built
             if _lookup(cfg, key) == "SyncBN":
                 fix = "`NaiveSyncBN` (Detectron2's, synchronized through gloo) or `BN`" if naive else "`BN`"
                 raise ConfigError(f"{key} is 'SyncBN' (torch's SyncBatchNorm, GPU only) but {num_processes} processes "

@@ -16,7 +16,7 @@ import weakref
 import torch
 import torch.distributed as dist
 from detectron2.data import DatasetCatalog
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
@@ -25,6 +25,7 @@ from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 from .checkpoint import AtomicDetectionCheckpointer
+from .distributed import create_ddp_model
 from .health import HealthMonitorHook
 from .lars import LARS
 from .momentum import MomentumTargetHook, unwrap_model
