@@ -8,8 +8,9 @@ storage (so metrics.json and TensorBoard), for the model's last step (``model.he
 
 - ``health/<embedding>_spread`` and ``health/<embedding>_cosine_to_mean`` for every embedding the model
   reports (projector, predictor, target projector): about 1 and low when spread, 0 and 1 when collapsed;
-  ``health/<embedding>_norm``, the mean L2 norm of its rows before normalization (a cosine loss leaves it free,
-  and a norm that grows shrinks the gradient every later step gets by 1 / norm);
+  ``health/<embedding>_norm``, the mean L2 norm of its rows as the model reports them (BYOL and SoCo: before
+  normalization, where a cosine loss leaves it free and a growing norm shrinks every later gradient by 1 / norm;
+  MoCo reports its normalized queries, so 1);
 - ``health/<loss>_collapse_value`` beside the loss itself, and ``health/<loss>_over_collapse`` (their ratio);
 - ``health/move_<group>_since_start`` and ``health/move_<group>_last_period``: the relative change
   ``||W - W_ref|| / ||W_ref||`` of the weights (conv and linear, not norms) of each group of the online network
