@@ -255,3 +255,50 @@ def test_soco_c4_names_match_res5_roi_heads_and_it_trains(repo_root):
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < losses[0]
     assert model.online_network.res5[0].conv1.weight.grad.abs().sum() > 0
+
+
+# ---- V3 without padding (objpretrain/modeling/any_size_fpn.py) ----
+
+def test_any_size_fpn_equals_detectron2_fpn_on_divisible_sizes_and_keeps_its_names(repo_root):
+    from detectron2.modeling import build_backbone
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(repo_root)
+    ours = build_backbone(cfg).eval()
+    cfg.defrost()
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+    detectron2 = build_backbone(cfg).eval()
+    assert list(ours.state_dict()) == list(detectron2.state_dict())
+    detectron2.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        expected, got = detectron2(x), ours(x)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name])
+    assert ours.size_divisibility == 0 and detectron2.size_divisibility == 32
+
+
+def test_v3_is_not_padded_and_no_padding_reaches_a_batchnorm(repo_root):
+    """A 112 px V3 (not a multiple of 32) goes through the backbone as its own 112 px (the batch tensor is the
+    normalized views, nothing added), every level upsamples to its lateral's size, and the stem's BatchNorm sees
+    56 x 56 maps (padding to 128 would give 64 x 64)."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(repo_root, "INPUT.SOCO.VIEW_SIZE", "224", "INPUT.SOCO.V3_SIZE", "112")).train()
+    batch = make_soco_batch(sizes=(224, 224, 112))
+    images, _ = model._prepare_view(batch, 2)
+    assert images.shape[-2:] == (112, 112)
+    backbone = model.online_network.backbone
+    torch.testing.assert_close(images, torch.stack([model.normalize(d["views"][2]) for d in batch]))
+    seen = []
+    handle = backbone.bottom_up.stem.conv1.norm.register_forward_pre_hook(lambda m, i: seen.append(i[0].shape[-2:]))
+    try:
+        with torch.no_grad():
+            features = backbone(images)
+    finally:
+        handle.remove()
+    assert seen == [(56, 56)]
+    assert {name: tuple(f.shape[-2:]) for name, f in features.items()} == {
+        "p2": (28, 28), "p3": (14, 14), "p4": (7, 7), "p5": (4, 4), "p6": (2, 2)}
+    # Detectron2's FPN would fail here: p5 (4 x 4) upsampled by 2 does not match p4's lateral (7 x 7).
+    losses = model(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
