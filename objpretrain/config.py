@@ -75,6 +75,10 @@ def _add_general_config(cfg):
 def _add_soco_config(cfg):
     _C = cfg
     # ---- Model (SoCo §3.3, §4.1) ----
+    # Zero-initialize gamma of the last norm in every residual branch of the pretrained ResNet (and SoCo-C4's res5
+    # head), so each block starts as the identity (Goyal et al. 2017). The papers do not say; the official SoCo
+    # ResNet does it (contrast/resnet.py, docs/fidelity.md); Detectron2's leaves gamma at 1.
+    _C.MODEL.RESNETS.ZERO_INIT_RESIDUAL = False
     _C.MODEL.SOCO = CN()
     # Feature maps RoIAlign reads: P2-P5 for SoCo-R50-FPN (§3.3: "we do not use P6"), res4 for SoCo-R50-C4.
     _C.MODEL.SOCO.IN_FEATURES = ["p2", "p3", "p4", "p5"]

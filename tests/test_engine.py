@@ -200,6 +200,24 @@ def test_lr_warms_up_linearly_then_follows_a_cosine(repo_root):
     assert lrs[109] < 0.01 * peak
 
 
+def test_warmup_can_start_at_a_hundredth_of_the_lr_as_the_official_soco(repo_root):
+    """SOLVER.WARMUP_FACTOR (Detectron2's): 0 in the paper configs, 0.01 in the official SoCo schedule
+    (warm-up from BASE_LR / 100); the scaled lr starts there and still reaches the peak at the warm-up's end."""
+    cfg = get_pretrain_cfg(os.path.join(repo_root, "configs/demo/soco_r18_fpn_demo.yaml"), [
+        "SOLVER.BASE_LR", "1.0", "SOLVER.IMS_PER_BATCH", "512", "SOLVER.LR_SCALE_BATCH_SIZE", "256",
+        "SOLVER.MAX_ITER", "110", "SOLVER.WARMUP_ITERS", "10", "SOLVER.WARMUP_FACTOR", "0.01"])
+    optimizer = build_pretrain_optimizer(cfg, nn.Linear(2, 2))
+    scheduler = PretrainTrainer.build_lr_scheduler(cfg, optimizer)
+    lrs = []
+    for _ in range(11):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(2.0 / 100, rel=1e-6)
+    assert lrs[5] == pytest.approx(2.0 * (0.01 + 0.99 * 0.5), rel=1e-3)
+    assert lrs[10] == pytest.approx(2.0, rel=1e-3)
+
+
 # ---- non-finite losses ----
 
 class _LossModel(nn.Module):

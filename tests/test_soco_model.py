@@ -302,3 +302,32 @@ def test_v3_is_not_padded_and_no_padding_reaches_a_batchnorm(repo_root):
     # Detectron2's FPN would fail here: p5 (4 x 4) upsampled by 2 does not match p4's lateral (7 x 7).
     losses = model(batch)
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize("config", [DEMO_CONFIG, "configs/demo/soco_r18_c4_demo.yaml",
+                                    "configs/demo/oac_moco_r18_demo.yaml"])
+def test_zero_init_residual_zeroes_the_last_gamma_of_every_block_online_and_target(repo_root, config):
+    """MODEL.RESNETS.ZERO_INIT_RESIDUAL (official SoCo ResNet): the last norm of each residual branch starts at
+    gamma 0 (conv2 of basic blocks, conv3 of bottlenecks such as SoCo-C4's res5), in the target copy too; off,
+    Detectron2's gamma 1 stays."""
+    import os
+
+    from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
+
+    def last_gammas(network):
+        return [getattr(block, "conv2" if isinstance(block, BasicBlock) else "conv3").norm.weight
+                for block in network.modules() if isinstance(block, (BasicBlock, BottleneckBlock))]
+
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.OAC.QUEUE_SIZE", "16"]
+    path = os.path.join(repo_root, config)
+    zeroed = build_model(get_pretrain_cfg(path, opts + ["MODEL.RESNETS.ZERO_INIT_RESIDUAL", "True"]))
+    default = build_model(get_pretrain_cfg(path, opts))
+    for network in (zeroed.online_network, zeroed.target_network):
+        gammas = last_gammas(network)
+        assert len(gammas) >= 8 and all(torch.all(g == 0) for g in gammas)
+    assert all(torch.all(g == 1) for g in last_gammas(default.online_network))
+    if "c4" in config:
+        assert any(isinstance(b, BottleneckBlock) for b in zeroed.online_network.res5.modules())
+    # Only those: the first norm of every block keeps gamma 1.
+    blocks = [b for b in zeroed.online_network.modules() if isinstance(b, (BasicBlock, BottleneckBlock))]
+    assert all(torch.all(b.conv1.norm.weight == 1) for b in blocks)

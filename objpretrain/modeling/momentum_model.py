@@ -1,7 +1,23 @@
 """What every pretraining meta-architecture with a momentum target shares: RGB normalization buffers, the
 device, and the EMA update the engine's MomentumTargetHook calls (docs/design.md)."""
 import torch
+from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 from torch import nn
+
+
+def zero_init_residual_norms(module):
+    """Sets gamma of the last norm of every residual branch (conv2 of a basic block, conv3 of a bottleneck) to 0,
+    so that each block starts as the identity (Goyal et al. 2017, §5.1); returns how many were set. Detectron2's
+    ResNet leaves them at 1 (resnet.py: "this somehow hurts performance when training GN models"); the official
+    SoCo ResNet zeroes them ("zero gamma for batch norm", hologerry/SoCo contrast/resnet.py)."""
+    count = 0
+    for block in module.modules():
+        last = {BasicBlock: "conv2", BottleneckBlock: "conv3"}.get(type(block))
+        norm = getattr(getattr(block, last, None), "norm", None) if last else None
+        if norm is not None and getattr(norm, "weight", None) is not None:
+            nn.init.zeros_(norm.weight)
+            count += 1
+    return count
 
 
 class MomentumTargetModel(nn.Module):

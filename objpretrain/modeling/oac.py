@@ -26,7 +26,7 @@ from torch import nn
 
 from .heads import MLPHead
 from .health import HealthRecord, byol_collapse_loss, info_nce_collapse_loss
-from .momentum_model import MomentumTargetModel
+from .momentum_model import MomentumTargetModel, zero_init_residual_norms
 from .losses.byol import BYOLLoss
 from .losses.dense_contrastive import DenseContrastiveLoss
 from .losses.infonce import InfoNCELoss
@@ -140,6 +140,8 @@ class _OACModel(MomentumTargetModel):
             raise ValueError(
                 f"MODEL.OAC.SEPARATE_HEADS_INIT must be 'independent' or 'equal', got {oac.SEPARATE_HEADS_INIT!r}"
             )
+        if cfg.MODEL.RESNETS.ZERO_INIT_RESIDUAL:
+            zero_init_residual_norms(self.online_network.backbone)
         self.target_network = nn.Module()
         for name, child in self.online_network.named_children():
             if name not in self.online_only:

@@ -17,7 +17,7 @@ from torch import nn
 
 from .heads import MLPHead
 from .health import HealthRecord, byol_collapse_loss
-from .momentum_model import MomentumTargetModel
+from .momentum_model import MomentumTargetModel, zero_init_residual_norms
 from .losses import BYOLLoss
 from .scale_aware_pooler import ScaleAwareROIPooler
 
@@ -126,6 +126,8 @@ class SoCo(MomentumTargetModel):
         self.predictor = MLPHead(
             soco.PROJECTOR_OUT_DIM, soco.PREDICTOR_HIDDEN_DIM, soco.PROJECTOR_OUT_DIM, soco.HEAD_NORM
         )
+        if cfg.MODEL.RESNETS.ZERO_INIT_RESIDUAL:
+            zero_init_residual_norms(self.online_network)
         # The target starts as a copy of the online network and only moves by EMA (§3.3, BYOL).
         self.target_network = copy.deepcopy(self.online_network).requires_grad_(False)
         self.momentum_base = soco.MOMENTUM_BASE
