@@ -181,17 +181,23 @@ def test_warmup_longer_than_the_run_is_capped():
     assert resolved.SOLVER.WARMUP_ITERS == 5
 
 
+def _lrs_of_schedule(cfg, steps):
+    """The lr of each of the first ``steps`` iterations under the config's optimizer and scheduler."""
+    optimizer = build_pretrain_optimizer(cfg, nn.Linear(2, 2))
+    scheduler = PretrainTrainer.build_lr_scheduler(cfg, optimizer)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
 def test_lr_warms_up_linearly_then_follows_a_cosine(repo_root):
     cfg = get_pretrain_cfg(os.path.join(repo_root, "configs/demo/soco_r18_fpn_demo.yaml"), [
         "SOLVER.BASE_LR", "1.0", "SOLVER.IMS_PER_BATCH", "512", "SOLVER.LR_SCALE_BATCH_SIZE", "256",
         "SOLVER.MAX_ITER", "110", "SOLVER.WARMUP_ITERS", "10"])
-    optimizer = build_pretrain_optimizer(cfg, nn.Linear(2, 2))
-    scheduler = PretrainTrainer.build_lr_scheduler(cfg, optimizer)
-    lrs = []
-    for _ in range(110):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    lrs = _lrs_of_schedule(cfg, 110)
     peak = 2.0  # 1.0 * 512 / 256
     assert lrs[0] == pytest.approx(0.0, abs=1e-9)
     assert lrs[5] == pytest.approx(peak / 2, rel=1e-3)
@@ -206,13 +212,7 @@ def test_warmup_can_start_at_a_hundredth_of_the_lr_as_the_official_soco(repo_roo
     cfg = get_pretrain_cfg(os.path.join(repo_root, "configs/demo/soco_r18_fpn_demo.yaml"), [
         "SOLVER.BASE_LR", "1.0", "SOLVER.IMS_PER_BATCH", "512", "SOLVER.LR_SCALE_BATCH_SIZE", "256",
         "SOLVER.MAX_ITER", "110", "SOLVER.WARMUP_ITERS", "10", "SOLVER.WARMUP_FACTOR", "0.01"])
-    optimizer = build_pretrain_optimizer(cfg, nn.Linear(2, 2))
-    scheduler = PretrainTrainer.build_lr_scheduler(cfg, optimizer)
-    lrs = []
-    for _ in range(11):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    lrs = _lrs_of_schedule(cfg, 11)
     assert lrs[0] == pytest.approx(2.0 / 100, rel=1e-6)
     assert lrs[5] == pytest.approx(2.0 * (0.01 + 0.99 * 0.5), rel=1e-3)
     assert lrs[10] == pytest.approx(2.0, rel=1e-3)
