@@ -157,16 +157,18 @@ def test_summary_tests_each_claimed_ordering(tmp_path):
 
 
 @pytest.mark.slow
-def test_gpu_study_script_runs_every_arm_at_a_tiny_size_on_cpu(tmp_path):
-    """tools/run_study_gpu.sh, as the GPU session would run it, with DEVICE=cpu and the smoke scale."""
+def test_gpu_study_script_runs_its_arms_in_parallel_at_a_tiny_size_on_cpu(tmp_path):
+    """tools/run_study_gpu.sh, as the GPU session would run it, with DEVICE=cpu and the smoke scale. Two arms (one
+    pretrained, and random init): every arm's config is run by the study's own smoke test above; this one checks
+    the script (arms in parallel processes, the summary, the archive)."""
     env = dict(os.environ, STUDY=str(tmp_path / "study"), OUT=str(tmp_path / "out"), DEVICE="cpu", SMOKE="1",
-               WORKERS="0", PYTHON=sys.executable)
+               WORKERS="0", PYTHON=sys.executable, ARMS="random_init moco_scene")
     result = subprocess.run(["bash", os.path.join(REPO, "tools", "run_study_gpu.sh"), "600"], cwd=REPO, env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     with open(tmp_path / "out" / "summary.json") as f:
         rows = {r["arm"]: r for r in json.load(f)["arms"]}
-    assert set(rows) == {"random_init", "byol_whole_image", "soco", "moco_scene", "moco_obj_obj_dilate"}
+    assert set(rows) == {"random_init", "moco_scene"}
     assert all(np.isfinite(r["view_retrieval_mean"]) for r in rows.values())
     assert all(np.isfinite(r["health_spread_mean"]) for arm, r in rows.items() if arm != "random_init")
     assert (tmp_path / "out" / "study_gpu_runs.tgz").stat().st_size > 0

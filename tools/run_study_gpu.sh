@@ -8,8 +8,8 @@
 #   STUDY=/tmp/study_gpu OUT=results bash tools/run_study_gpu.sh [LIMIT seconds per seed, default 150]
 #   DEVICE=cpu SMOKE=1 STUDY=/tmp/s bash tools/run_study_gpu.sh 300   # the CPU check of this script (tests)
 #
-# Expects Detectron2 importable. Environment: SEEDS (default "0 1 2"), BATCH (256), PRETRAIN_ITERS (300),
-# DEVICE (cuda), WORKERS (3 per arm: 5 arms x 3 = 15 of the 16 cores).
+# Expects Detectron2 importable. Environment: SEEDS (default "0 1 2"), ARMS (default all five), BATCH (256),
+# PRETRAIN_ITERS (300), DEVICE (cuda), WORKERS (3 per arm: 5 arms x 3 = 15 of the 16 cores).
 set -u
 STUDY=${STUDY:-/tmp/study_gpu}
 OUT=${OUT:-$STUDY}
@@ -22,7 +22,7 @@ else
     SCALE=(--pretrain-iters "${PRETRAIN_ITERS:-300}" --pretrain-opts SOLVER.IMS_PER_BATCH "${BATCH:-256}")
 fi
 ARGS=(--output "$STUDY" --device "${DEVICE:-cuda}" --workers "${WORKERS:-3}" "${SCALE[@]}")
-ARMS=(random_init byol_whole_image soco moco_scene moco_obj_obj_dilate)
+read -r -a ARMS <<< "${ARMS:-random_init byol_whole_image soco moco_scene moco_obj_obj_dilate}"
 PY=${PYTHON:-python3}
 mkdir -p "$STUDY" "$OUT"
 "$PY" tools/run_study.py "${ARGS[@]}" --prepare-only || exit 1
