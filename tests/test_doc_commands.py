@@ -36,7 +36,7 @@ TINY = {
     "tools/train_net.py": "SOLVER.MAX_ITER 2 SOLVER.STEPS '(1,)' SOLVER.WARMUP_ITERS 1 SOLVER.CHECKPOINT_PERIOD 100 "
                           "'INPUT.MIN_SIZE_TRAIN' '(128,)' INPUT.MAX_SIZE_TRAIN 160 INPUT.MIN_SIZE_TEST 128 "
                           "INPUT.MAX_SIZE_TEST 160 DATALOADER.NUM_WORKERS 0",
-    "tools/generate_proposals.py": "--workers 2 --no-progress",
+    "tools/generate_proposals.py": "--workers 2 --no-progress --max-input-size 160",
 }
 # Repository folders the scratch copy links to (datasets/ is rebuilt so that files written there stay local).
 LINKED = ("configs", "tools", "bench", "objpretrain", ".venv", "Makefile", "requirements", "setup.py")
