@@ -96,8 +96,13 @@ def _add_soco_config(cfg):
     _C.MODEL.SOCO.PROJECTOR_OUT_DIM = 256
     _C.MODEL.SOCO.PREDICTOR_HIDDEN_DIM = 4096
     # Norm inside projector and predictor: "BN", "SyncBN" (§4.1: "synchronized batch normalization is
-    # enabled") or "" for none.
+    # enabled"; torch's, CUDA only), "naiveSyncBN" (the same statistics through an all-reduce, any backend) or ""
+    # for none.
     _C.MODEL.SOCO.HEAD_NORM = "BN"
+    # "" (the paper, §4.1, and the official code) or "BN": a BatchNorm without affine parameters after the
+    # projector's last Linear (SimSiam's output BN). It centres the targets over the batch, so a predictor that
+    # outputs the mean target no longer lowers the loss (docs/results.md: the predictor's early mean phase).
+    _C.MODEL.SOCO.PROJECTOR_OUTPUT_NORM = ""
     # Target network EMA (§4.1, following BYOL): tau rises from BASE to END on a cosine schedule over training.
     _C.MODEL.SOCO.MOMENTUM_BASE = 0.99
     _C.MODEL.SOCO.MOMENTUM_END = 1.0

@@ -70,11 +70,11 @@ def test_syncbn_in_several_cpu_processes_names_the_key_and_the_replacement(demo_
     """torch's SyncBatchNorm refuses CPU tensors once it has to synchronize (several gloo processes); one process
     uses it as plain BN, so only a multi-process CPU launch is stopped."""
     opts = ["MODEL.RESNETS.NORM", "SyncBN", "DATASETS.PROPOSAL_FILES_TRAIN", "()"]
-    with pytest.raises(ConfigError, match="MODEL.RESNETS.NORM.*2 processes.*`NaiveSyncBN`"):
+    with pytest.raises(ConfigError, match="MODEL.RESNETS.NORM.*2 processes.*`naiveSyncBN`"):
         check_runnable(get_pretrain_cfg(DEMO_CONFIG, opts), num_processes=2)
     check_runnable(get_pretrain_cfg(DEMO_CONFIG, opts), num_processes=1)
     heads = ["MODEL.SOCO.HEAD_NORM", "SyncBN", "DATASETS.PROPOSAL_FILES_TRAIN", "()"]
-    with pytest.raises(ConfigError, match="MODEL.SOCO.HEAD_NORM.*add the override `MODEL.SOCO.HEAD_NORM` `BN`"):
+    with pytest.raises(ConfigError, match="MODEL.SOCO.HEAD_NORM.*the override `MODEL.SOCO.HEAD_NORM` `naiveSyncBN`.*`BN`"):
         check_runnable(get_pretrain_cfg(DEMO_CONFIG, heads), num_processes=4)
     check_runnable(get_pretrain_cfg(DEMO_CONFIG, ["DATASETS.PROPOSAL_FILES_TRAIN", "()"]), num_processes=2)
 

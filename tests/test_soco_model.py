@@ -331,3 +331,25 @@ def test_zero_init_residual_zeroes_the_last_gamma_of_every_block_online_and_targ
     # Only those: the first norm of every block keeps gamma 1.
     blocks = [b for b in zeroed.online_network.modules() if isinstance(b, (BasicBlock, BottleneckBlock))]
     assert all(torch.all(b.conv1.norm.weight == 1) for b in blocks)
+
+
+def test_projector_output_norm_centres_online_and_target_projections(repo_root):
+    """MODEL.SOCO.PROJECTOR_OUTPUT_NORM "BN" (SimSiam's output BN, used by the learning regime): in training each
+    projection dimension has mean 0 and variance 1 over the batch, in the target copy too, and it has no affine
+    parameters; the default "" (the paper) has no such layer, and an unknown value is refused."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(repo_root, "MODEL.SOCO.PROJECTOR_OUTPUT_NORM", "BN"))
+    features = torch.randn(64, model.online_network.projector.in_dim) + 3.0  # a large common component
+    for network in (model.online_network, model.target_network):
+        projections = network.projector.train()(features)
+        assert projections.mean(dim=0).abs().max() < 1e-5
+        assert torch.allclose(projections.var(dim=0, unbiased=False), torch.ones(projections.shape[1]), atol=1e-3)
+        assert not any(p.requires_grad for p in network.projector.output_norm.parameters())
+    assert len(list(model.online_network.projector.output_norm.parameters())) == 0
+    losses = model(make_soco_batch())
+    assert all(torch.isfinite(v) for v in losses.values())
+
+    default = build_model(tiny_cfg(repo_root))
+    assert not hasattr(default.online_network.projector, "output_norm")
+    with pytest.raises(ValueError, match="Unknown output norm 'LN'"):
+        build_model(tiny_cfg(repo_root, "MODEL.SOCO.PROJECTOR_OUTPUT_NORM", "LN"))

@@ -52,6 +52,29 @@ def test_scene_texture_not_colour_carries_the_class(tmp_path):
     assert spreads and min(spreads) > 20
 
 
+def test_gray_scenes_have_no_colour_and_the_same_layout(tmp_path):
+    """gray=True (the study's scenes): every pixel is gray, every object is drawn in the same two levels, and the
+    boxes and classes are those of the colour scenes of the same seed."""
+    from pycocotools.coco import COCO
+    from PIL import Image
+
+    from objpretrain.data.datasets.scenes import GRAY_OBJECT_COLORS
+
+    colour_json, _ = make_scene_coco(str(tmp_path / "colour"), num_images=4, image_size=96, seed=3,
+                                     class_textures=True)
+    json_path, root = make_scene_coco(str(tmp_path / "gray"), num_images=4, image_size=96, seed=3,
+                                      class_textures=True, gray=True)
+    with open(colour_json) as f, open(json_path) as g:
+        assert json.load(f)["annotations"] == json.load(g)["annotations"]
+    coco = COCO(json_path)
+    for image_id in coco.getImgIds():
+        image = np.asarray(Image.open(os.path.join(root, coco.loadImgs(image_id)[0]["file_name"])))
+        assert (image == image[..., :1]).all()
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])):
+            levels = set(np.unique(image[coco.annToMask(ann).astype(bool), 0]))
+            assert levels <= set(GRAY_OBJECT_COLORS[:, 0]), levels
+
+
 def test_datasets_register_from_the_config(tmp_path):
     from detectron2.data import DatasetCatalog
 
@@ -95,7 +118,8 @@ def test_study_smoke_run_reports_every_arm(tmp_path):
     assert set(rows) == {"random_init", "byol_whole_image", "soco", "moco_scene", "moco_obj_obj_dilate"}
     for arm, row in rows.items():
         assert row["seeds"] == [0], arm
-        for metric in ("view_retrieval", "bbox_AP", "linear_probe_map", "object_probe_top1"):  # random init too
+        for metric in ("view_retrieval", "bbox_AP", "linear_probe_map", "object_probe_top1",
+                       "object_probe_128_top1"):  # random init too
             assert np.isfinite(row[f"{metric}_mean"]), (arm, metric)
         assert 0 < row["linear_probe_map_chance"] < 100 and 0 < row["object_probe_top1_chance"] < 100, arm
         assert row["view_retrieval_chance"] == pytest.approx(100 / 8), arm

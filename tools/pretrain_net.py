@@ -16,6 +16,8 @@ Examples:
     # continue after an interruption (from OUTPUT_DIR/last_checkpoint)
     python tools/pretrain_net.py --config-file configs/soco_r50_fpn.yaml --num-gpus 8 --resume
 """
+import os
+
 import objpretrain  # noqa: F401,I001  (first: registers components and silences a dependency's import warning)
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
@@ -33,7 +35,8 @@ def setup(args):
     cfg.freeze()
     default_setup(cfg, args)
     # default_setup configures the detectron2 and fvcore loggers; ours (skips, resume, fall-backs) too.
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="objpretrain", abbrev_name="op")
+    logger = setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="objpretrain", abbrev_name="op")
+    logger.info("Rank %d: process id %d", comm.get_rank(), os.getpid())  # which process to look at when one hangs
     return cfg
 
 

@@ -17,10 +17,11 @@ from ..data.datasets.demo import demo_root
 __all__ = ["ConfigError", "check_runnable", "exit_on_config_error"]
 
 DEMO_DATASETS = ("demo_unlabeled", "demo_trees_train", "demo_trees_val")
-# Norm keys -> whether Detectron2's NaiveSyncBN (all_reduce, so gloo works) may replace SyncBN there; the MLP heads'
-# norms (objpretrain.modeling.heads.get_norm1d) take "BN" or "SyncBN" only.
-NORM_KEYS = {"MODEL.RESNETS.NORM": True, "MODEL.FPN.NORM": True, "MODEL.ROI_BOX_HEAD.NORM": True,
-             "MODEL.ROI_MASK_HEAD.NORM": True, "MODEL.SOCO.HEAD_NORM": False, "MODEL.OAC.HEAD_NORM": False}
+# The norm keys where SyncBN (torch's, CUDA only) may be set; each also takes "naiveSyncBN" (Detectron2's for the
+# convolutional parts, objpretrain.modeling.heads.NaiveSyncBatchNorm1d for the MLP heads), which all-reduces its
+# statistics and so also works on gloo.
+NORM_KEYS = ("MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_MASK_HEAD.NORM",
+             "MODEL.SOCO.HEAD_NORM", "MODEL.OAC.HEAD_NORM")
 
 
 def _lookup(cfg, key):
@@ -40,13 +41,13 @@ def check_runnable(cfg, proposal_files=True, num_processes=1):
     config that does not load proposals ignores them). ``num_processes``: processes of the launch, all machines."""
     device = str(cfg.MODEL.DEVICE)
     if num_processes > 1 and not device.startswith("cuda"):
-        for key, naive in NORM_KEYS.items():
+        for key in NORM_KEYS:
             if key == "MODEL.ROI_MASK_HEAD.NORM" and not cfg.MODEL.MASK_ON:
                 continue  # no mask head is built
             if _lookup(cfg, key) == "SyncBN":
-                fix = "`NaiveSyncBN` (Detectron2's, synchronized through gloo) or `BN`" if naive else "`BN`"
                 raise ConfigError(f"{key} is 'SyncBN' (torch's SyncBatchNorm, GPU only) but {num_processes} processes "
-                                  f"run on the CPU; add the override `{key}` {fix}")
+                                  f"run on the CPU; add the override `{key}` `naiveSyncBN` (synchronized through "
+                                  "gloo) or `BN`")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"MODEL.DEVICE is {device!r} but no CUDA GPU is visible on this machine; add the override "
                           "`MODEL.DEVICE cpu` (and SOLVER.AMP.ENABLED False)")

@@ -60,7 +60,9 @@ class _ObjectEncoder(nn.Module, metaclass=ABCMeta):
         pooled_shape = ShapeSpec(channels=input_shapes[0].channels, height=resolution, width=resolution)
         head_dim = self._build_head(cfg, pooled_shape)
         soco = cfg.MODEL.SOCO
-        self.projector = MLPHead(head_dim, soco.PROJECTOR_HIDDEN_DIM, soco.PROJECTOR_OUT_DIM, soco.HEAD_NORM)
+        self.projector = MLPHead(
+            head_dim, soco.PROJECTOR_HIDDEN_DIM, soco.PROJECTOR_OUT_DIM, soco.HEAD_NORM, soco.PROJECTOR_OUTPUT_NORM
+        )
 
     @abstractmethod
     def _build_head(self, cfg, pooled_shape):

@@ -19,8 +19,9 @@ def _mean_std(values):
 
 
 # The metrics of the summary: result key -> its name in the tables.
-METRICS = {"view_retrieval": "view retrieval top-1", "object_probe_top1": "object probe top-1",
-           "linear_probe_map": "image probe mAP", "bbox_AP": "COCO box AP"}
+METRICS = {"view_retrieval": "view retrieval top-1", "object_probe_top1": "object probe top-1 (64 px)",
+           "object_probe_128_top1": "object probe top-1 (128 px)", "linear_probe_map": "image probe mAP",
+           "bbox_AP": "COCO box AP"}
 # The orderings checked, (better, worse): every pretrained arm against random init (does it learn at all?), then
 # what the papers claim: SoCo Table 4 (with Table 1's BYOL baseline), OAC Tables 4-6.
 CLAIMS = [(arm, "random_init") for arm in ARMS if arm != "random_init"] + [

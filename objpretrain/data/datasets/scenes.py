@@ -41,6 +41,9 @@ CLASS_TEXTURES = {
     "triangle_checker": (9, 0.0),
 }
 
+# Both colours of every object when gray=True: what survives the augmentations is then shape, texture and layout.
+GRAY_OBJECT_COLORS = np.array([[30, 30, 30], [220, 220, 220]])
+
 
 def _texture(rng, kind, height, width, colors, period=None, angle=None):
     yy, xx = np.mgrid[0:height, 0:width]
@@ -54,11 +57,13 @@ def _texture(rng, kind, height, width, colors, period=None, angle=None):
     return np.where(select == 1, colors[0], colors[1]).astype(np.uint8)
 
 
-def _clutter(rng, image, count):
+def _clutter(rng, image, count, gray=False):
     draw = ImageDraw.Draw(image)
     size = image.size[0]
     for _ in range(count):
         color = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        if gray:
+            color = (color[0],) * 3
         x0, y0 = rng.integers(0, size, size=2)
         if rng.random() < 0.5:
             x1, y1 = rng.integers(0, size, size=2)
@@ -69,12 +74,13 @@ def _clutter(rng, image, count):
 
 
 def make_scene_coco(out_dir, num_images=64, image_size=128, seed=0, min_objects=3, max_objects=8, clutter=24,
-                    class_textures=False, side_range=None):
+                    class_textures=False, side_range=None, gray=False):
     """Writes ``out_dir/images/*.png`` and ``out_dir/annotations.json`` (boxes and polygon masks).
 
     ``class_textures``: texture period and orientation fixed per class (module docstring); ``side_range``:
-    (min, max) object side in pixels (default image_size / 10 to image_size / 2). Objects do not overlap, so a
-    scene may hold fewer than ``max_objects`` when they do not fit. Returns ``(json_path, image_root)``.
+    (min, max) object side in pixels (default image_size / 10 to image_size / 2); ``gray``: no colour at all, every
+    object drawn in the same dark and light gray (:data:`GRAY_OBJECT_COLORS`), background and clutter gray. Objects
+    do not overlap, so a scene may hold fewer than ``max_objects`` when they do not fit. Returns ``(json_path, image_root)``.
     """
     rng = np.random.default_rng(seed)
     image_root = os.path.join(out_dir, "images")
@@ -83,9 +89,12 @@ def make_scene_coco(out_dir, num_images=64, image_size=128, seed=0, min_objects=
     min_side, max_side = side_range or (max(8, image_size // 10), max(16, image_size // 2))
     for image_id in range(1, num_images + 1):
         base = rng.integers(40, 160, size=3)
-        background = np.clip(base + rng.normal(0, 25, size=(image_size, image_size, 3)), 0, 255).astype(np.uint8)
-        image = Image.fromarray(background)
-        _clutter(rng, image, clutter)
+        noise = rng.normal(0, 25, size=(image_size, image_size, 3))
+        if gray:
+            base, noise = base[:1], noise[..., :1]
+        background = np.clip(base + noise, 0, 255).astype(np.uint8)
+        image = Image.fromarray(np.broadcast_to(background, (image_size, image_size, 3)).copy())
+        _clutter(rng, image, clutter, gray)
         canvas = np.array(image)
         num = int(rng.integers(min_objects, max_objects + 1))
         for box in _place_boxes(rng, image_size, num, min_side, max_side):
@@ -97,6 +106,8 @@ def make_scene_coco(out_dir, num_images=64, image_size=128, seed=0, min_objects=
             ImageDraw.Draw(mask_image).polygon(polygon, fill=1)
             mask = np.array(mask_image, dtype=bool)
             colors = rng.integers(0, 256, size=(2, 3))
+            if gray:
+                colors = GRAY_OBJECT_COLORS
             period, angle = CLASS_TEXTURES[f"{shape}_{texture}"] if class_textures else (None, None)
             if period is not None:
                 period = max(3, round(period * image_size / 128))
