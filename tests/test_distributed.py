@@ -156,7 +156,7 @@ def test_moco_queue_on_two_machines_equals_one_process(scenes, tmp_path):
 
 
 FINETUNE_TINY = ["MODEL.ROI_HEADS.NUM_CLASSES", "3", "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN",
-                 "128", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128", "SOLVER.IMS_PER_BATCH", "2",
+                 "128", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128", "SOLVER.IMS_PER_BATCH", "4",
                  "SOLVER.MAX_ITER", "8", "SOLVER.STEPS", "(6,)", "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD",
                  "2", "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "0", "SEED", "5"]
 FINETUNE_CONFIG = "configs/demo/finetune_trees_r18_fpn.yaml"
@@ -207,7 +207,7 @@ def test_finetune_sigkilled_on_two_processes_resumes_exactly_and_on_one_or_four(
             (tmp_path / f"on{size}" / name).write_bytes((killed / name).read_bytes())
 
     resumed = _run(_finetune_command(synthetic_coco, killed, num_gpus=2, resume=True, test=False))
-    assert "Data stream resumes at sample 4 (iteration 2" in resumed.log
+    assert "Data stream resumes at sample 8 (iteration 2" in resumed.log
     assert "RNG states of" not in resumed.log
     final_expected, final_got = _weights(uninterrupted), _weights(killed)
     differing = [name for name, value in final_expected.items() if not torch.equal(final_got[name], value)]
@@ -216,7 +216,7 @@ def test_finetune_sigkilled_on_two_processes_resumes_exactly_and_on_one_or_four(
     for size in (1, 4):
         other = _run(_finetune_command(synthetic_coco, tmp_path / f"on{size}", num_gpus=size, resume=True,
                                        test=False))
-        assert "Data stream resumes at sample 4 (iteration 2" in other.log
+        assert "Data stream resumes at sample 8 (iteration 2" in other.log
         assert f"RNG states of 2 processes and this run has {size}" in other.log
         assert (tmp_path / f"on{size}" / "model_final.pth").exists()
 
