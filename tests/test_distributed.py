@@ -250,3 +250,26 @@ def test_a_rank_that_dies_stops_the_job_naming_it(scenes, tmp_path):
     assert process.returncode != 0
     assert time.time() - killed_at < 60
     assert "process 1 terminated with signal SIGKILL" in log, log[-3000:]
+
+
+@pytest.mark.slow
+def test_linear_eval_on_two_processes_equals_one(synthetic_coco, tmp_path):
+    """tools/linear_eval.py --num-gpus 2: each rank extracts one block of images, rank 0's re-estimated BatchNorm
+    statistics are broadcast, and the result (object probe and image probe) is one process's; the feature cache
+    is written once."""
+    register = f"('ddp_probe:{synthetic_coco['json']}:{synthetic_coco['image_root']}',)"
+    for task in ("objects", "multilabel"):
+        results = {}
+        for processes in (1, 2):
+            output = tmp_path / f"{task}_{processes}.json"
+            _run([sys.executable, "tools/linear_eval.py", "--config-file", "configs/demo/oac_moco_r18_demo.yaml",
+                  "--random-init", "--train-dataset", "ddp_probe", "--test-dataset", "ddp_probe", "--task", task,
+                  "--resize", "64", "--crop", "64", "--epochs", "20", "--num-gpus", str(processes),
+                  "--cache-dir", str(tmp_path / f"cache_{task}_{processes}"), "--output", str(output),
+                  "DATASETS.COCO_JSON_REGISTER", register])
+            with open(output) as f:
+                results[processes] = json.load(f)
+        metric = "top1" if task == "objects" else "mAP"
+        assert results[2]["num_train"] == results[1]["num_train"] > 0
+        assert results[2][metric] == pytest.approx(results[1][metric], abs=1e-6), task
+        assert len(os.listdir(tmp_path / f"cache_{task}_2")) == 1  # train and test share one set: one file

@@ -29,9 +29,12 @@ extracted in eval mode. Pretraining views are smaller than the probe's images (4
 random init's statistics are the unit ones; ``--bn-stats checkpoint`` keeps the weights' own statistics. The result
 records which was used.
 
-Runs on CPU for small sets. Example:
+Runs on CPU for small sets. With ``--num-gpus N`` (and ``--num-machines`` / ``--machine-rank`` / ``--dist-url``,
+as tools/pretrain_net.py) Detectron2's ``launch`` starts N processes (NCCL on GPUs, gloo on a CPU) that extract the
+features of one block of images each; rank 0 re-estimates the BatchNorm statistics and sends them to the others,
+and writes the result, which equals one process's. Example:
     python tools/linear_eval.py --config-file configs/oac/moco_v2_r50_obj_obj_dilate.yaml \\
-        --weights output/oac/moco_v2_r50_obj_obj_dilate/model_final.pth \\
+        --weights output/oac/moco_v2_r50_obj_obj_dilate/model_final.pth --num-gpus 8 \\
         --train-dataset ohms_train --test-dataset ohms_val --output output/linear_eval_ohms.json
 """
 import argparse
@@ -42,6 +45,8 @@ import sys
 import objpretrain  # noqa: F401,I001  (first: registers components and silences a dependency's import warning)
 import torch
 from detectron2.data import DatasetCatalog
+from detectron2.engine import launch
+from detectron2.utils import comm
 
 from objpretrain.config import get_pretrain_cfg
 from objpretrain.data.datasets import register_datasets_from_cfg
@@ -79,10 +84,25 @@ def main(argv=None):
     parser.add_argument("--cache-dir", help="cache extracted features here")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", help="write the result as JSON here")
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine (Detectron2's launch)")
+    parser.add_argument("--num-machines", type=int, default=1)
+    parser.add_argument("--machine-rank", type=int, default=0)
+    parser.add_argument("--dist-url", default="auto", help="tcp://host:port of machine 0 with several machines")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.num_gpus * args.num_machines == 1:
+        return evaluate(args)  # in this process, so that a caller gets the result
+    launch(evaluate, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
+    return True
 
+
+def evaluate(args):
+    """One rank's share of the evaluation; rank 0 prints, writes ``--output`` and returns the result."""
+    logging.basicConfig(level=logging.INFO if comm.is_main_process() else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.device == "cuda" and comm.get_world_size() > 1:
+        args.device = f"cuda:{comm.get_local_rank()}"
     cfg = get_pretrain_cfg(args.config_file, args.opts)
     register_datasets_from_cfg(cfg)
     settings = ProbeSettings(**{name: getattr(args, name) for name in ProbeSettings.__dataclass_fields__})
@@ -90,10 +110,14 @@ def main(argv=None):
     datasets = {"train": args.train_dataset, "test": args.test_dataset}
     dicts = {split: DatasetCatalog.get(name) for split, name in datasets.items()}
     if args.task == "retrieval":
+        if not comm.is_main_process():
+            return None  # 128-1000 images: not worth splitting
         result = retrieval_result(backbone, cfg, args.weights, args.test_dataset, dicts["test"], settings)
         print(f"view retrieval top-1: {100 * result['top1']:.2f} (chance {100 * result['chance_top1']:.2f})")
     else:
         result = linear_probe_result(backbone, cfg, args.weights, datasets, dicts, settings)
+        if not comm.is_main_process():
+            return None
         if "mAP" in result:
             print(f"linear probe mAP: {100 * result['mAP']:.2f} (chance {100 * result['chance_mAP']:.2f})")
         else:

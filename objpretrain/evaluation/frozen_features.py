@@ -5,6 +5,11 @@ init); ``extract_features`` pools res5 of each resized, centre-cropped image; ``
 every annotated box from res4 and res5 of the whole resized image; ``reestimate_probe_batchnorm`` gives every
 network, random init included, the BatchNorm statistics of the training images at the probe's resolution;
 ``cached_features`` keeps extracted features on disk, keyed by weights and sizes.
+
+Under Detectron2's ``launch`` (``tools/linear_eval.py --num-gpus N``) ``extract_sharded`` splits the images into
+one contiguous block per rank and gathers the blocks in rank order, so every rank gets the features one process
+would have extracted, in the same order; ``broadcast_buffers`` gives every rank rank 0's re-estimated BatchNorm
+statistics.
 """
 import hashlib
 import logging
@@ -12,9 +17,11 @@ import os
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torchvision.transforms.v2.functional as TF
 from detectron2.modeling import build_backbone
 from detectron2.structures import BoxMode
+from detectron2.utils import comm
 from torchvision.ops import roi_align
 
 from ..checkpoint import convert_state_dict, load_state_dict
@@ -23,8 +30,10 @@ from ..utils.atomic_io import atomic_write
 from .view_retrieval import reestimate_batchnorm
 
 __all__ = [
+    "broadcast_buffers",
     "build_frozen_backbone",
     "cached_features",
+    "extract_sharded",
     "extract_features",
     "extract_object_features",
     "reestimate_probe_batchnorm",
@@ -155,6 +164,35 @@ def reestimate_probe_batchnorm(backbone, dataset_dicts, cfg, resize, crop, num_i
     return len(images)
 
 
+def extract_sharded(extract, dataset_dicts, second_is_index):
+    """``extract(dataset_dicts)`` -> (features, second array) computed by all ranks together: each extracts its
+    contiguous block of the dicts, and the blocks are gathered in rank order, so the result (on every rank) equals
+    one process's. ``second_is_index``: the second array holds indices into the dicts (kept images), which are
+    shifted from block to whole-list indices. A block with nothing to extract (all unreadable) contributes
+    nothing; when every block is empty the error is one process's."""
+    world_size, rank = comm.get_world_size(), comm.get_rank()
+    if world_size == 1:
+        return extract(dataset_dicts)
+    bounds = np.linspace(0, len(dataset_dicts), world_size + 1).astype(int)
+    try:
+        features, second = extract(dataset_dicts[bounds[rank]:bounds[rank + 1]])
+        part = (features, second + bounds[rank] if second_is_index else second)
+    except ValueError as error:  # nothing readable in this block: the others may still have some
+        part = str(error)
+    parts = comm.all_gather(part)
+    found = [p for p in parts if not isinstance(p, str)]
+    if not found:
+        raise ValueError(parts[0])
+    return np.concatenate([p[0] for p in found]), np.concatenate([p[1] for p in found])
+
+
+def broadcast_buffers(module, src=0):
+    """Copies rank ``src``'s buffers (BatchNorm statistics) to every rank; the module is on this rank's device."""
+    if comm.get_world_size() > 1:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src)
+
+
 def cached_features(extract, cache_dir, dataset_name, key):
     """``extract()`` (a pair of arrays), read from / written to ``cache_dir`` under a digest of ``key`` (a string
     naming the weights, sizes and settings); no cache when ``cache_dir`` is empty."""
@@ -166,5 +204,9 @@ def cached_features(extract, cache_dir, dataset_name, key):
         data = np.load(cache)
         return data["features"], data["kept"]
     features, kept = extract()
-    atomic_write(cache, lambda f: np.savez(f, features=features, kept=kept))
+    if comm.is_main_process():  # every rank has the same features (extract_sharded); one writes them
+        atomic_write(cache, lambda f: np.savez(f, features=features, kept=kept))
+    # Every rank must see the file before any looks for the next one (the test split may be the training set):
+    # a rank that read it while another extracted would leave that one alone in the gather.
+    comm.synchronize()
     return features, kept

@@ -17,8 +17,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.data import MetadataCatalog
+from detectron2.utils import comm
 
-from .frozen_features import cached_features, extract_features, extract_object_features, reestimate_probe_batchnorm
+from .frozen_features import (
+    broadcast_buffers,
+    cached_features,
+    extract_features,
+    extract_object_features,
+    extract_sharded,
+    reestimate_probe_batchnorm,
+)
 from .metrics import chance_top1, mean_average_precision, top1_accuracy
 from .view_retrieval import make_retrieval_views, view_retrieval
 
@@ -151,11 +159,14 @@ def _features(backbone, dataset_name, dataset_dicts, cfg, weights, settings):
     key = (f"{source}|{objects}|{settings.resize}|{settings.crop}|{len(dataset_dicts)}|{cfg.MODEL.RESNETS.DEPTH}|"
            f"{settings.bn_stats}|{settings.bn_images}")
 
-    def extract():
+    def extract_block(dicts):
         if objects:
-            return extract_object_features(backbone, dataset_dicts, cfg, settings.resize, settings.device)
-        return extract_features(backbone, dataset_dicts, cfg, settings.resize, settings.crop, settings.batch_size,
+            return extract_object_features(backbone, dicts, cfg, settings.resize, settings.device)
+        return extract_features(backbone, dicts, cfg, settings.resize, settings.crop, settings.batch_size,
                                 settings.device)
+
+    def extract():
+        return extract_sharded(extract_block, dataset_dicts, second_is_index=not objects)
 
     return cached_features(extract, settings.cache_dir, dataset_name, key)
 
@@ -166,8 +177,11 @@ def linear_probe_result(backbone, cfg, weights, datasets, dicts, settings):
     Returns the result dict (mAP with per-class APs and the chance mAP, or top-1 and the chance top-1)."""
     objects = settings.task == "objects"
     if settings.bn_stats == "reestimate":
-        reestimate_probe_batchnorm(backbone, dicts["train"], cfg, settings.resize, None if objects else settings.crop,
-                                   settings.bn_images, settings.batch_size, settings.device)
+        if comm.is_main_process():  # once, then every rank takes rank 0's statistics
+            reestimate_probe_batchnorm(backbone, dicts["train"], cfg, settings.resize,
+                                       None if objects else settings.crop, settings.bn_images, settings.batch_size,
+                                       settings.device)
+        broadcast_buffers(backbone.to(settings.device))
     multilabel = settings.task == "multilabel" or (
         settings.task == "auto" and any("labels" in d or "annotations" in d for d in dicts["train"][:100]))
     features = {split: _features(backbone, datasets[split], dicts[split], cfg, weights, settings) for split in dicts}
