@@ -155,6 +155,10 @@ def _add_oac_config(cfg):
     _C.INPUT.OAC.CROP_MODE = "obj-obj+dilate"
     # Dilation delta, as a fraction of the image size (§4.1: 10% or 20%; 0.1 works well).
     _C.INPUT.OAC.DILATION = 0.1
+    # How the box is dilated: "paper" (§4.1: every side moves out by DILATION x the image size) or "official" (the
+    # released code scales each coordinate about the image origin, x0 - int(x0 * delta), x1 + int(x1 * delta);
+    # objpretrain.data.boxes_oac.dilate_box). Both are clipped to the image.
+    _C.INPUT.OAC.DILATION_MODE = "paper"
     # At most this many proposals per image, one picked at random per sample (§4.1, §5: 10 LOD proposals).
     _C.INPUT.OAC.MAX_PROPOSALS = 10
     # Random-crop lower scale bound inside a box. 0 means s_min = SCENE_CROP_MIN / average proposal size (§5).

@@ -145,9 +145,23 @@ def test_mapper_is_registered_as_oac():
     assert isinstance(mapper, OACMapper)
 
 
-@pytest.mark.parametrize("mode", ["obj-obj", "obj-obj+dilate"])
-def test_crops_lie_inside_the_box_and_the_dilated_box(mode, coordinate_image):
-    mapper = OACMapper(_cfg(CROP_MODE=mode, DILATION=0.1, DILATED_CROP_SCALE_MIN=0.2))
+def test_official_dilation_scales_coordinates_about_the_origin():
+    """INPUT.OAC.DILATION_MODE "official" (the released extract_bb): x0 - int(x0 * d), x1 + int(x1 * d), y alike,
+    then clipped; a box at the origin does not grow to the top-left, and the growth differs from the paper's."""
+    # 200 x 100 image, delta 0.1: x0 50 -> 45, y0 40 -> 36, x1 80 -> 88, y1 60 -> 66.
+    np.testing.assert_allclose(dilate_box([50, 40, 80, 60], 0.1, 100, 200, "official"), [45, 36, 88, 66])
+    np.testing.assert_allclose(dilate_box([0, 0, 30, 20], 0.2, 100, 200, "official"), [0, 0, 36, 24])
+    np.testing.assert_allclose(dilate_box([150, 80, 190, 95], 0.2, 100, 200, "official"), [120, 64, 200, 100])
+    with pytest.raises(ValueError, match="DILATION_MODE"):
+        dilate_box([0, 0, 1, 1], 0.1, 10, 10, "image")
+    with pytest.raises(ValueError, match="DILATION_MODE"):
+        OACMapper(_cfg(DILATION_MODE="image"))
+
+
+@pytest.mark.parametrize("mode,dilation_mode", [("obj-obj", "paper"), ("obj-obj+dilate", "paper"),
+                                                ("obj-obj+dilate", "official")])
+def test_crops_lie_inside_the_box_and_the_dilated_box(mode, dilation_mode, coordinate_image):
+    mapper = OACMapper(_cfg(CROP_MODE=mode, DILATION=0.1, DILATED_CROP_SCALE_MIN=0.2, DILATION_MODE=dilation_mode))
     boxes = [[10, 10, 40, 30], [60.5, 40.2, 120.7, 90.9], [0, 0, 5, 3]]
     record = _record(coordinate_image, boxes)
     rng = np.random.default_rng(1)
@@ -160,7 +174,7 @@ def test_crops_lie_inside_the_box_and_the_dilated_box(mode, coordinate_image):
         if mode == "obj-obj":
             expected2 = box
         else:
-            expected2 = dilate_box(box, 0.1, H, W)
+            expected2 = dilate_box(box, 0.1, H, W, dilation_mode)
             assert region2 == pixel_region(expected2, H, W)
         assert expected2[0] <= crop2[0] and crop2[2] <= expected2[2]
         assert expected2[1] <= crop2[1] and crop2[3] <= expected2[3]

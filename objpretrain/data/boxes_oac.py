@@ -10,6 +10,7 @@ import numpy as np
 __all__ = [
     "average_box_fraction",
     "crop_scale_min",
+    "DILATION_MODES",
     "dilate_box",
     "localization_target",
     "pixel_region",
@@ -17,20 +18,33 @@ __all__ = [
 ]
 
 
-def dilate_box(box, dilation, image_height, image_width):
-    """Grows ``box`` by ``dilation`` x the image size on every side, clipped to the image (OAC §4.1).
+DILATION_MODES = ("paper", "official")
 
-    "We dilate the box by 10% or 20% of the image size": each side moves out by ``dilation * image_width``
-    horizontally and ``dilation * image_height`` vertically.
+
+def dilate_box(box, dilation, image_height, image_width, mode="paper"):
+    """Grows ``box`` by the dilation delta, clipped to the image (OAC §4.1, ``INPUT.OAC.DILATION_MODE``).
+
+    - "paper": "We dilate the box by 10% or 20% of the image size": each side moves out by ``dilation *
+      image_width`` horizontally and ``dilation * image_height`` vertically.
+    - "official": the released code (``extract_bb`` in datasets/openimages_dataset_bing.py) scales each
+      coordinate about the image origin, ``x0 - int(x0 * dilation)`` and ``x1 + int(x1 * dilation)`` (y alike),
+      so a box grows by delta times its distance from the top-left corner: less near that corner, and at delta 0.1
+      about half as much as the paper's rule on average. The released code crops past the image edge (PIL fills it
+      with black); here the box is clipped as in "paper".
     """
     if dilation < 0:
         raise ValueError(f"INPUT.OAC.DILATION must be >= 0, got {dilation}")
     x0, y0, x1, y1 = (float(v) for v in box)
-    dx, dy = dilation * image_width, dilation * image_height
-    return np.array(
-        [max(0.0, x0 - dx), max(0.0, y0 - dy), min(float(image_width), x1 + dx), min(float(image_height), y1 + dy)],
-        dtype=np.float32,
-    )
+    if mode == "paper":
+        dx, dy = dilation * image_width, dilation * image_height
+        x0, y0, x1, y1 = x0 - dx, y0 - dy, x1 + dx, y1 + dy
+    elif mode == "official":
+        x0, y0 = x0 - int(x0 * dilation), y0 - int(y0 * dilation)
+        x1, y1 = x1 + int(x1 * dilation), y1 + int(y1 * dilation)
+    else:
+        raise ValueError(f"INPUT.OAC.DILATION_MODE must be one of {DILATION_MODES}, got {mode!r}")
+    return np.array([max(0.0, x0), max(0.0, y0), min(float(image_width), x1), min(float(image_height), y1)],
+                    dtype=np.float32)
 
 
 def pixel_region(box, image_height, image_width):

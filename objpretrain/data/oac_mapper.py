@@ -31,6 +31,7 @@ from PIL import Image
 
 from .augmentations import PhotometricAugmentation
 from .boxes_oac import (
+    DILATION_MODES,
     average_box_fraction,
     crop_scale_min,
     dilate_box,
@@ -77,6 +78,9 @@ class OACMapper:
         self.is_train = is_train
         self.crop_mode = oac.CROP_MODE
         self.dilation = float(oac.DILATION)
+        self.dilation_mode = oac.DILATION_MODE
+        if self.dilation_mode not in DILATION_MODES:
+            raise ValueError(f"INPUT.OAC.DILATION_MODE must be one of {DILATION_MODES}, got {self.dilation_mode!r}")
         self.max_proposals = int(oac.MAX_PROPOSALS)
         self.use_gt_boxes = bool(oac.USE_GT_BOXES)
         self.crop_size = int(oac.CROP_SIZE)
@@ -113,9 +117,9 @@ class OACMapper:
         self.num_scene_fallbacks = 0
         self.num_bad_images = 0
         logger.info(
-            "OAC mapper: crop mode %s, object crop scale %s, dilated crop scale %s, dilation %s, "
+            "OAC mapper: crop mode %s, object crop scale %s, dilated crop scale %s, dilation %s (%s), "
             "boxes from %s, localization views %s",
-            self.crop_mode, self.object_scale, self.dilated_scale, self.dilation,
+            self.crop_mode, self.object_scale, self.dilated_scale, self.dilation, self.dilation_mode,
             "annotations" if self.use_gt_boxes else "proposal_boxes", "on" if self.with_localization else "off",
         )
 
@@ -160,7 +164,7 @@ class OACMapper:
         if self.crop_mode == "obj-obj":
             region2, scale2 = region1, self.object_scale
         else:
-            region2 = pixel_region(dilate_box(box, self.dilation, height, width), height, width)
+            region2 = pixel_region(dilate_box(box, self.dilation, height, width, self.dilation_mode), height, width)
             scale2 = self.dilated_scale
         crop1 = sample_crop_in_region(region1, self.object_scale, self.crop_ratio, rng)
         crop2 = sample_crop_in_region(region2, scale2, self.crop_ratio, rng)
