@@ -120,6 +120,22 @@ def test_estimate_crop_scale_min_from_dataset_dicts(coordinate_image):
         estimate_crop_scale_min([{"file_name": coordinate_image, "height": H, "width": W}], 0.2, 10)
 
 
+def test_capped_crop_scale_min_warns_with_the_box_fraction(coordinate_image, caplog):
+    """Boxes of 6.25 % of the image on average: 0.2 / 0.0625 = 3.2 is capped at 1 (the object crop is the whole
+    box); a warning gives the fraction and the key to set. Larger boxes do not warn."""
+    small = [{"file_name": coordinate_image, "height": H, "width": W,
+              "proposal_boxes": np.array([[0, 0, 32, 24]], np.float32), "proposal_bbox_mode": BoxMode.XYXY_ABS}]
+    with caplog.at_level("WARNING", logger="objpretrain.data.oac_mapper"):
+        assert estimate_crop_scale_min(small, 0.2, max_proposals=10) == 1.0
+    assert "covers 6.2 % of the image" in caplog.text and "3.20 is capped at 1" in caplog.text
+    assert "INPUT.OAC.CROP_SCALE_MIN" in caplog.text
+    caplog.clear()
+    large = [dict(small[0], proposal_boxes=np.array([[0, 0, 128, 96]], np.float32))]
+    with caplog.at_level("WARNING", logger="objpretrain.data.oac_mapper"):
+        assert estimate_crop_scale_min(large, 0.2, max_proposals=10) == pytest.approx(0.2)
+    assert "capped" not in caplog.text
+
+
 def test_localization_target_hand_example():
     # 100 x 100 image, 4 x 4 patches of 25 px. Crop x 30-60, y 10-26: columns 1 and 2 (25-50, 50-75),
     # rows 0 and 1 (0-25, 25-50).

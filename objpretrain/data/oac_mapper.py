@@ -294,6 +294,14 @@ def estimate_crop_scale_min(dataset_dicts, scene_crop_min, max_proposals, use_gt
         scene_crop_min, fraction, s_min, len(dicts),
         f", {len(unreadable)} unreadable left out" if unreadable else "",
     )
+    if s_min >= 1.0:
+        # The paper's rule (§5) capped at 1: every object crop is the whole box, so view 1 never varies in
+        # position or scale, only in aspect ratio.
+        logger.warning(
+            "OAC s_min: the average box covers %.1f %% of the image, under INPUT.OAC.SCENE_CROP_MIN %.2f, so s_min "
+            "= %.2f is capped at 1 and every object crop is its whole box; set INPUT.OAC.CROP_SCALE_MIN (e.g. "
+            "the released code's range, a value near 0: its RandomResizedCrop scale is (rescale_parameter, 1))",
+            100 * fraction, scene_crop_min, scene_crop_min / fraction)
     return s_min
 
 
