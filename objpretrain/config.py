@@ -215,6 +215,10 @@ def _add_oac_config(cfg):
     _C.MODEL.OAC.SEPARATE_HEADS_INIT = "independent"
     # Norm in the MLP heads: "" for MoCo-v2's and DenseCL's (Linear-ReLU-Linear), "BN" for BYOL's (§3.3).
     _C.MODEL.OAC.HEAD_NORM = ""
+    # MoCo's shuffle-BN (§3.3) for MoCo-v2 and DenseCL under DDP: the key encoder sees a batch shuffled across
+    # processes. On in MoCo's and the OAC release's code (moco/builder.py, _batch_shuffle_ddp); pointless with
+    # synchronized BN in the key encoder, and inactive on one process.
+    _C.MODEL.OAC.SHUFFLE_BN = True
     # BYOL predictor hidden size (BYOL §3.3: 4096).
     _C.MODEL.OAC.PREDICTOR_HIDDEN_DIM = 4096
     # Loss weights: L = L_ssl + LAMBDA_ROT * L_rot + LAMBDA_LOC * L_loc (§4.2, Eq. 2 uses 1 and 1).

@@ -273,3 +273,52 @@ def test_linear_eval_on_two_processes_equals_one(synthetic_coco, tmp_path):
         assert results[2]["num_train"] == results[1]["num_train"] > 0
         assert results[2][metric] == pytest.approx(results[1][metric], abs=1e-6), task
         assert len(os.listdir(tmp_path / f"cache_{task}_2")) == 1  # train and test share one set: one file
+
+
+SHUFFLE_SCRIPT = """
+import json, sys
+import torch
+from detectron2.engine import launch
+from detectron2.utils import comm
+from objpretrain.modeling.oac import shuffle_across_ranks
+
+def check(out):
+    rank = comm.get_rank()
+    torch.manual_seed(rank)  # the ranks' own RNGs differ; the order is rank 0's
+    rows = torch.arange(4.0)[:, None] + 10 * rank  # sample ids: rank 0 holds 0-3, rank 1 holds 10-13
+    shuffled, unshuffle = shuffle_across_ranks(rows)
+    result = {
+        "shuffled": shuffled[:, 0].tolist(),
+        "per_sample_round_trip": torch.equal(unshuffle(shuffled * 2 + 1), rows * 2 + 1),
+        # A batch statistic (what BatchNorm uses), computed on the mixed batch and put back in order.
+        "centred": unshuffle(shuffled - shuffled.mean(dim=0))[:, 0].tolist(),
+    }
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(result, f)
+
+if __name__ == "__main__":
+    launch(check, 2, dist_url="auto", args=(sys.argv[1],))
+"""
+
+
+@pytest.mark.slow
+def test_shuffle_bn_mixes_the_key_batch_across_processes_and_restores_the_order(tmp_path):
+    """MoCo's shuffle-BN on 2 gloo processes: each rank's key batch is rank 0's random draw from all ranks'
+    samples (the two shares partition them and mix them), a per-sample output comes back in the original order,
+    and a batch statistic is that of the mixed batch, not of the rank's own. The model-level check is the MoCo
+    equivalence test above, which runs with MODEL.OAC.SHUFFLE_BN on (the default)."""
+    script = tmp_path / "shuffle.py"
+    script.write_text(SHUFFLE_SCRIPT)
+    _run([sys.executable, str(script), str(tmp_path / "result")], timeout=300)
+    results = [json.loads((tmp_path / f"result.{rank}").read_text()) for rank in (0, 1)]
+    shares = [set(r["shuffled"]) for r in results]
+    assert shares[0] | shares[1] == {0, 1, 2, 3, 10, 11, 12, 13} and not shares[0] & shares[1]
+    assert shares[0] != {0, 1, 2, 3} and shares[0] != {10, 11, 12, 13}, "the draw did not mix the ranks"
+    assert all(r["per_sample_round_trip"] for r in results)
+    for rank, result in enumerate(results):
+        own = [i + 10 * rank for i in range(4)]
+        # Each sample is centred by the mean of the batch that held it, whichever rank that was.
+        expected = [v - np.mean(next(list(share) for share in shares if v in share)) for v in own]
+        got = result["centred"]
+        assert got == pytest.approx(expected)
+        assert got != pytest.approx([v - sum(own) / 4 for v in own])  # not the rank-local statistic

@@ -12,8 +12,11 @@ one head per view (``"view1"``: object crop, ``"view2"``: dilated-object or seco
 DenseCL use the symmetrized loss (each view is once the query and once the key) with one key queue per view;
 with a shared head they are MoCo-v2's one-sided loss (query view 1, key view 2) with one queue.
 
-Shuffle-BN (MoCo §3.3) is not implemented: on one process it cannot apply, and under DDP each process's key
-encoder normalizes with its own batch. Keys are gathered from all processes before they are enqueued.
+Shuffle-BN (MoCo §3.3, ``MODEL.OAC.SHUFFLE_BN``): under DDP the key encoder of MoCo-v2 and DenseCL sees a batch
+shuffled across processes (:func:`shuffle_across_ranks`), and its outputs are put back in order, so a query and
+its positive key are not normalized with the same process's batch statistics (which would let them share a
+"signature" of that batch). On one process it cannot apply. Keys are gathered from all processes before they are
+enqueued.
 """
 import copy
 
@@ -41,6 +44,7 @@ __all__ = [
     "KeyQueue",
     "concat_all_gather",
     "query_key_directions",
+    "shuffle_across_ranks",
 ]
 
 VIEWS = ("view1", "view2")
@@ -54,6 +58,24 @@ def concat_all_gather(tensor):
     gathered = [torch.empty_like(tensor) for _ in range(comm.get_world_size())]
     dist.all_gather(gathered, tensor.contiguous())
     return torch.cat(gathered, dim=0)
+
+
+@torch.no_grad()
+def shuffle_across_ranks(tensor):
+    """MoCo's shuffle-BN (§3.3): every process's rows gathered (rank order), permuted by one random order that rank
+    0 draws, and this rank's share of the permuted rows returned, with the function that puts an output of those
+    rows back: ``unshuffle(f(shuffled))`` is this rank's ``f(tensor)`` computed in mixed batches. Every rank
+    must hold the same number of rows."""
+    world_size, rank = comm.get_world_size(), comm.get_rank()
+    gathered = concat_all_gather(tensor)
+    order = torch.randperm(gathered.shape[0], device=tensor.device)
+    dist.broadcast(order, src=0)
+    inverse = torch.argsort(order)
+
+    def unshuffle(output):
+        return concat_all_gather(output)[inverse.view(world_size, -1)[rank]]
+
+    return gathered[order.view(world_size, -1)[rank]], unshuffle
 
 
 class KeyQueue(nn.Module):
@@ -161,6 +183,8 @@ class _OACModel(MomentumTargetModel):
             ObjectLocalizationLoss(self.feature_dim, oac.PRETEXT_HIDDEN_DIM, cfg.INPUT.OAC.LOC_GRID ** 2)
             if self.lambda_loc > 0 else None
         )
+        # Used by the models with a key encoder (MoCo-v2, DenseCL); BYOL has none (it is not in BYOL).
+        self.shuffle_bn = bool(oac.SHUFFLE_BN)
         self._register_pixel_normalization(cfg)
 
     def _copy_view1_heads_to_view2(self):
@@ -194,6 +218,14 @@ class _OACModel(MomentumTargetModel):
     def image_features(self, images):
         """(N, C) pooled res5 of the online ResNet for normalized images (view retrieval, the linear probe)."""
         return self._pool(self._res5(self.online_network, images))
+
+    @torch.no_grad()
+    def _key_embed(self, view, images):
+        """``self._embed`` of the target (key) network, with shuffle-BN across processes when it applies."""
+        if not (self.shuffle_bn and self.training and comm.get_world_size() > 1):
+            return self._embed(self.target_network, view, images)
+        shuffled, unshuffle = shuffle_across_ranks(images)
+        return tuple(unshuffle(output) for output in self._embed(self.target_network, view, shuffled))
 
     # ---------------------------------------------------------------- forward
     def forward(self, batched_inputs):
@@ -259,9 +291,7 @@ class OACMoCo(_OACModel):
         for query_view, _ in self.directions:
             online_pooled[query_view], queries[query_view] = self._embed(self.online_network, query_view,
                                                                         images[query_view])
-        with torch.no_grad():
-            keys = {key_view: self._embed(self.target_network, key_view, images[key_view])[1]
-                    for key_view in self.key_views}
+        keys = {key_view: self._key_embed(key_view, images[key_view])[1] for key_view in self.key_views}
         loss = sum(
             self.info_nce(queries[query_view], keys[key_view], self.queues[key_view].negatives())
             for query_view, key_view in self.directions
@@ -367,9 +397,7 @@ class OACDenseCL(_OACModel):
         images = {"view1": view1, "view2": view2}
         online = {query_view: self._embed(self.online_network, query_view, images[query_view])
                   for query_view, _ in self.directions}
-        with torch.no_grad():
-            target = {key_view: self._embed(self.target_network, key_view, images[key_view])
-                      for key_view in self.key_views}
+        target = {key_view: self._key_embed(key_view, images[key_view]) for key_view in self.key_views}
         global_loss, dense_loss = 0.0, 0.0
         for query_view, key_view in self.directions:
             _, q_global, q_dense, q_grid, _ = online[query_view]
