@@ -23,6 +23,7 @@ import torch
 from detectron2.structures import BoxMode
 
 from rectangle_scenes import write_rectangle_scenes
+from sigkill import sigkill_once_exists
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -194,19 +195,6 @@ def test_finetune_on_two_processes_equals_one_process_with_synchronized_bn(synth
         _assert_same_training(tmp_path / "one", tmp_path / "local_bn", losses, weights_atol=3e-4)
 
 
-def _sigkill_after(command, checkpoint, log_path):
-    """Starts ``command`` and SIGKILLs its process group (launcher and ranks) once ``checkpoint`` exists."""
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        deadline = time.time() + 300
-        while not os.path.exists(checkpoint) and process.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    assert process.returncode == -signal.SIGKILL, "train_net ended before it could be killed"
-
-
 @pytest.mark.slow
 def test_finetune_sigkilled_on_two_processes_resumes_exactly_and_on_one_or_four(synthetic_coco, tmp_path):
     """Faster R-CNN R18-FPN on 2 processes, SIGKILLed after its checkpoint at iteration 1 and resumed on 2: the
@@ -219,8 +207,8 @@ def test_finetune_sigkilled_on_two_processes_resumes_exactly_and_on_one_or_four(
     with open(uninterrupted / "metrics.json") as f:
         assert any('"bbox/AP"' in line for line in f)
 
-    _sigkill_after(_finetune_command(synthetic_coco, killed, num_gpus=2, test=False),
-                   str(killed / "model_0000001.pth"), str(tmp_path / "killed.log"))
+    sigkill_once_exists(_finetune_command(synthetic_coco, killed, num_gpus=2, test=False),
+                        str(killed / "model_0000001.pth"), str(tmp_path / "killed.log"), ENV)
     assert not (killed / "model_final.pth").exists()
     for name in os.listdir(killed):  # resume from iteration 1's checkpoint whatever the kill left after it
         if name.startswith("model_") and name != "model_0000001.pth":

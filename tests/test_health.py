@@ -4,11 +4,9 @@ import logging
 import math
 import types
 
-import numpy as np
 import pytest
 import torch
 from detectron2.utils.events import EventStorage
-from PIL import Image
 from torch import nn
 
 from objpretrain.config import get_pretrain_cfg

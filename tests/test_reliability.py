@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from detectron2.structures import BoxMode
 
 from objpretrain.data.samplers import ResumableTrainingSampler
 from rectangle_scenes import write_rectangle_scenes
+from sigkill import sigkill_once_exists
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(REPO, "configs", "demo", "soco_r18_fpn_demo.yaml")
@@ -106,16 +106,8 @@ def _start_and_sigkill(scenes, output_dir, num_workers):
     command = _pretrain_command(output_dir, scenes["proposals"], "SOLVER.MAX_ITER", str(MAX_ITER),
                                 "SOLVER.CHECKPOINT_PERIOD", str(CHECKPOINT_PERIOD),
                                 "DATALOADER.NUM_WORKERS", str(num_workers))
-    with open(f"{output_dir}.log", "w") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=_env(scenes["root"]), stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        first_checkpoint = os.path.join(str(output_dir), f"model_{CHECKPOINT_PERIOD - 1:07d}.pth")
-        deadline = time.time() + 180
-        while not os.path.exists(first_checkpoint) and process.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    assert process.returncode == -signal.SIGKILL, "pretrain_net ended before it could be killed"
+    first_checkpoint = os.path.join(str(output_dir), f"model_{CHECKPOINT_PERIOD - 1:07d}.pth")
+    sigkill_once_exists(command, first_checkpoint, f"{output_dir}.log", _env(scenes["root"]), timeout=180)
     assert not os.path.exists(os.path.join(str(output_dir), "model_final.pth"))
 
 
