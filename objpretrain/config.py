@@ -159,6 +159,9 @@ def _add_oac_config(cfg):
     # released code scales each coordinate about the image origin, x0 - int(x0 * delta), x1 + int(x1 * delta);
     # objpretrain.data.boxes_oac.dilate_box). Both are clipped to the image.
     _C.INPUT.OAC.DILATION_MODE = "paper"
+    # Boxes (and dilated boxes) narrower or lower than this many pixels are widened as the released code does before
+    # cropping (it uses 224: objpretrain.data.boxes_oac.widen_small_box_official); 0, the paper (§4.1), does not.
+    _C.INPUT.OAC.MIN_BOX_SIDE = 0.0
     # At most this many proposals per image, one picked at random per sample (§4.1, §5: 10 LOD proposals).
     _C.INPUT.OAC.MAX_PROPOSALS = 10
     # Random-crop lower scale bound inside a box. 0 means s_min = SCENE_CROP_MIN / average proposal size (§5).

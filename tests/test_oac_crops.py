@@ -18,6 +18,7 @@ from objpretrain.data.boxes_oac import (
     localization_target,
     pixel_region,
     sample_crop_in_region,
+    widen_small_box_official,
 )
 from objpretrain.data.build import build_mapper
 from objpretrain.data.oac_mapper import OACMapper, estimate_crop_scale_min
@@ -172,6 +173,33 @@ def test_official_dilation_scales_coordinates_about_the_origin():
         dilate_box([0, 0, 1, 1], 0.1, 10, 10, "image")
     with pytest.raises(ValueError, match="DILATION_MODE"):
         OACMapper(_cfg(DILATION_MODE="image"))
+
+
+def test_official_minimum_box_side_widens_small_boxes_as_the_released_code():
+    """INPUT.OAC.MIN_BOX_SIDE (the released extract_bb with 224) on a 500 x 400 image, per axis: low edge out by 112
+    (or [0, 224] at the border), then high edge out by 112 (or low edge to high - 224 at the border)."""
+    def widen(box):
+        return widen_small_box_official(box, 224, 400, 500).tolist()
+
+    assert widen([300, 200, 350, 260]) == [188, 88, 462, 372]
+    assert widen([100, 100, 150, 150]) == [0, 0, 336, 336]  # at the low border: 1.5 x 224, as released
+    assert widen([440, 350, 480, 390]) == [256, 166, 480, 390]  # at the high border: exactly 224
+    assert widen([0, 0, 300, 300]) == [0, 0, 300, 300]  # wide enough: unchanged
+    assert widen_small_box_official([1, 2, 3, 4], 0, 400, 500).tolist() == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="MIN_BOX_SIDE"):
+        widen_small_box_official([1, 2, 3, 4], -1, 400, 500)
+    with pytest.raises(ValueError, match="MIN_BOX_SIDE"):
+        OACMapper(_cfg(MIN_BOX_SIDE=-1.0))
+
+
+def test_mapper_crops_the_widened_box_and_its_widened_dilation(coordinate_image):
+    mapper = OACMapper(_cfg(CROP_MODE="obj-obj+dilate", DILATION=0.1, MIN_BOX_SIDE=64.0))
+    box = [60.0, 40.0, 80.0, 56.0]
+    record = _record(coordinate_image, [box])
+    _, _, region1, region2, _ = mapper.sample_crops(record, H, W, np.random.default_rng(0))
+    assert region1 == pixel_region(widen_small_box_official(box, 64, H, W), H, W)
+    assert region2 == pixel_region(widen_small_box_official(dilate_box(box, 0.1, H, W), 64, H, W), H, W)
+    assert region1[2] - region1[0] >= 64 and region1[3] - region1[1] >= 64
 
 
 @pytest.mark.parametrize("mode,dilation_mode", [("obj-obj", "paper"), ("obj-obj+dilate", "paper"),

@@ -15,6 +15,7 @@ __all__ = [
     "localization_target",
     "pixel_region",
     "sample_crop_in_region",
+    "widen_small_box_official",
 ]
 
 
@@ -43,6 +44,29 @@ def dilate_box(box, dilation, image_height, image_width, mode="paper"):
         x1, y1 = x1 + int(x1 * dilation), y1 + int(y1 * dilation)
     else:
         raise ValueError(f"INPUT.OAC.DILATION_MODE must be one of {DILATION_MODES}, got {mode!r}")
+    return np.array([max(0.0, x0), max(0.0, y0), min(float(image_width), x1), min(float(image_height), y1)],
+                    dtype=np.float32)
+
+
+def widen_small_box_official(box, min_side, image_height, image_width):
+    """The released OAC code's minimum crop (``extract_bb``, datasets/openimages_dataset_bing.py, with 224), per
+    axis: a box narrower than ``min_side`` first moves its low edge out by ``min_side / 2`` (or, when that would
+    leave the image, becomes ``[0, min_side]``), then its high edge out by ``min_side / 2`` (or, when that would
+    leave the image, the low edge moves to ``high - min_side``). As released, a box at the low border therefore
+    ends 1.5 x ``min_side`` wide. Clipped to the image at the end (the released code crops past the edge, which PIL
+    fills with black). The paper (§4.1) has no such rule; ``min_side`` 0 leaves the box as it is."""
+    if min_side < 0:
+        raise ValueError(f"INPUT.OAC.MIN_BOX_SIDE must be >= 0, got {min_side}")
+    x0, y0, x1, y1 = (float(v) for v in box)
+    half = min_side / 2.0
+
+    def widen(lo, hi, size):
+        if hi - lo >= min_side:
+            return lo, hi
+        lo, hi = (lo - half, hi) if lo - half > 0 else (0.0, float(min_side))
+        return (lo, hi + half) if hi + half < size else (hi - min_side, hi)
+
+    (x0, x1), (y0, y1) = widen(x0, x1, image_width), widen(y0, y1, image_height)
     return np.array([max(0.0, x0), max(0.0, y0), min(float(image_width), x1), min(float(image_height), y1)],
                     dtype=np.float32)
 

@@ -38,6 +38,7 @@ from .boxes_oac import (
     localization_target,
     pixel_region,
     sample_crop_in_region,
+    widen_small_box_official,
 )
 from .build import MAPPER_REGISTRY, get_pretrain_dataset_dicts
 from .image_io import BadImageError, read_image_rgb, resize_rgb
@@ -79,6 +80,9 @@ class OACMapper:
         self.crop_mode = oac.CROP_MODE
         self.dilation = float(oac.DILATION)
         self.dilation_mode = oac.DILATION_MODE
+        self.min_box_side = float(oac.MIN_BOX_SIDE)
+        if self.min_box_side < 0:
+            raise ValueError(f"INPUT.OAC.MIN_BOX_SIDE must be >= 0, got {self.min_box_side}")
         if self.dilation_mode not in DILATION_MODES:
             raise ValueError(f"INPUT.OAC.DILATION_MODE must be one of {DILATION_MODES}, got {self.dilation_mode!r}")
         self.max_proposals = int(oac.MAX_PROPOSALS)
@@ -160,15 +164,22 @@ class OACMapper:
             crop2 = sample_crop_in_region(whole, self.scene_scale, self.crop_ratio, rng)
             return crop1, crop2, whole, whole, None
         box = boxes[int(rng.integers(len(boxes)))]
-        region1 = pixel_region(box, height, width)
+        region1 = pixel_region(self._widen(box, height, width), height, width)
         if self.crop_mode == "obj-obj":
             region2, scale2 = region1, self.object_scale
         else:
-            region2 = pixel_region(dilate_box(box, self.dilation, height, width, self.dilation_mode), height, width)
+            dilated = dilate_box(box, self.dilation, height, width, self.dilation_mode)
+            region2 = pixel_region(self._widen(dilated, height, width), height, width)
             scale2 = self.dilated_scale
         crop1 = sample_crop_in_region(region1, self.object_scale, self.crop_ratio, rng)
         crop2 = sample_crop_in_region(region2, scale2, self.crop_ratio, rng)
         return crop1, crop2, region1, region2, box
+
+    def _widen(self, box, height, width):
+        """``box``, or with INPUT.OAC.MIN_BOX_SIDE > 0 the released code's widening of small boxes."""
+        if self.min_box_side <= 0:
+            return box
+        return widen_small_box_official(box, self.min_box_side, height, width)
 
     # ---------------------------------------------------------------- rendering
     def _resize(self, image):
