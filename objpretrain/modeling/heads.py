@@ -48,7 +48,8 @@ class MLPHead(nn.Sequential):
         self.add_module("relu", nn.ReLU(inplace=True))
         self.add_module("linear2", nn.Linear(hidden_dim, out_dim))
         if output_norm == "BN":
-            # Per process: centring needs no synchronized statistics.
+            # Per process even when ``norm`` is synchronized (Detectron2's NaiveSyncBatchNorm needs affine
+            # parameters), so on several processes each centres its own batch.
             self.add_module("output_norm", nn.BatchNorm1d(out_dim, affine=False))
         elif output_norm != "":
             raise ValueError(f"Unknown output norm {output_norm!r} for an MLP head; expected 'BN' or ''")
