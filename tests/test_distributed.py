@@ -8,6 +8,7 @@ keys, the losses and weights are those of the single process up to float summati
 when its mechanism is removed (the rank-local BN control below; a sampler giving every rank the same images, no
 gradient all-reduce or a queue filled by one rank change the losses in the same way).
 """
+import importlib.util
 import json
 import os
 import pickle
@@ -159,7 +160,7 @@ def test_moco_queue_on_two_machines_equals_one_process(scenes, tmp_path):
 
 FINETUNE_TINY = ["MODEL.ROI_HEADS.NUM_CLASSES", "3", "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN",
                  "128", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128", "SOLVER.IMS_PER_BATCH", "4",
-                 "SOLVER.MAX_ITER", "8", "SOLVER.STEPS", "(6,)", "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD",
+                 "SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "(4,)", "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD",
                  "2", "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "0", "SEED", "5"]
 FINETUNE_CONFIG = "configs/demo/finetune_trees_r18_fpn.yaml"
 
@@ -271,15 +272,22 @@ def test_linear_eval_on_two_processes_equals_one(synthetic_coco, tmp_path):
     statistics are broadcast, and the result (object probe and image probe) is one process's; the feature cache
     is written once."""
     register = f"('ddp_probe:{synthetic_coco['json']}:{synthetic_coco['image_root']}',)"
+    spec = importlib.util.spec_from_file_location("linear_eval", os.path.join(REPO, "tools", "linear_eval.py"))
+    linear_eval = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(linear_eval)
     for task in ("objects", "multilabel"):
         results = {}
         for processes in (1, 2):
             output = tmp_path / f"{task}_{processes}.json"
-            _run([sys.executable, "tools/linear_eval.py", "--config-file", "configs/demo/oac_moco_r18_demo.yaml",
-                  "--random-init", "--train-dataset", "ddp_probe", "--test-dataset", "ddp_probe", "--task", task,
-                  "--resize", "64", "--crop", "64", "--epochs", "20", "--num-gpus", str(processes),
-                  "--cache-dir", str(tmp_path / f"cache_{task}_{processes}"), "--output", str(output),
-                  "DATASETS.COCO_JSON_REGISTER", register])
+            args = ["--config-file", "configs/demo/oac_moco_r18_demo.yaml", "--random-init", "--train-dataset",
+                    "ddp_probe", "--test-dataset", "ddp_probe", "--task", task, "--resize", "64", "--crop", "64",
+                    "--epochs", "20", "--num-gpus", str(processes), "--cache-dir",
+                    str(tmp_path / f"cache_{task}_{processes}"), "--output", str(output),
+                    "DATASETS.COCO_JSON_REGISTER", register]
+            if processes == 1:
+                linear_eval.main([os.path.join(REPO, a) if a.startswith("configs/") else a for a in args])
+            else:
+                _run([sys.executable, "tools/linear_eval.py", *args])
             with open(output) as f:
                 results[processes] = json.load(f)
         metric = "top1" if task == "objects" else "mAP"

@@ -116,7 +116,7 @@ def evaluate(args):
         print(f"view retrieval top-1: {100 * result['top1']:.2f} (chance {100 * result['chance_top1']:.2f})")
     else:
         result = linear_probe_result(backbone, cfg, args.weights, datasets, dicts, settings)
-        if not comm.is_main_process():
+        if result is None:  # not rank 0
             return None
         if "mAP" in result:
             print(f"linear probe mAP: {100 * result['mAP']:.2f} (chance {100 * result['chance_mAP']:.2f})")

@@ -174,7 +174,8 @@ def _features(backbone, dataset_name, dataset_dicts, cfg, weights, settings):
 def linear_probe_result(backbone, cfg, weights, datasets, dicts, settings):
     """Trains the probe on ``dicts["train"]`` and scores ``dicts["test"]``; ``datasets`` names both splits.
 
-    Returns the result dict (mAP with per-class APs and the chance mAP, or top-1 and the chance top-1)."""
+    Returns the result dict (mAP with per-class APs and the chance mAP, or top-1 and the chance top-1); None on
+    ranks other than 0 under ``launch``."""
     objects = settings.task == "objects"
     if settings.bn_stats == "reestimate":
         if comm.is_main_process():  # once, then every rank takes rank 0's statistics
@@ -185,6 +186,8 @@ def linear_probe_result(backbone, cfg, weights, datasets, dicts, settings):
     multilabel = settings.task == "multilabel" or (
         settings.task == "auto" and any("labels" in d or "annotations" in d for d in dicts["train"][:100]))
     features = {split: _features(backbone, datasets[split], dicts[split], cfg, weights, settings) for split in dicts}
+    if not comm.is_main_process():
+        return None  # every rank helped extract; the probe is small, rank 0 trains and scores it
     if objects:
         targets = class_indices({split: features[split][1].tolist() for split in dicts}, "categories of boxes")
     elif multilabel:
