@@ -225,6 +225,23 @@ def test_random_init_probe_and_chance_levels(linear_eval, synthetic_coco, tmp_pa
     assert 0.0 <= objects["top1"] <= 1.0
 
 
+def test_several_probes_in_one_process_equal_separate_runs(linear_eval, synthetic_coco, tmp_path):
+    """--task/--resize/--crop/--output with one value per probe: each result equals that probe run alone, and a
+    mismatched count of values is refused."""
+    tasks, sizes = ["retrieval", "objects", "auto"], ["48", "64", "64"]
+    outputs = [str(tmp_path / f"{task}.json") for task in tasks]
+    args = _probe_args(synthetic_coco, tmp_path)
+    together = linear_eval.main(args[:args.index("--resize")] + ["--epochs", "30", "--task", *tasks, "--resize",
+                                *sizes, "--crop", *sizes, "--output", *outputs])
+    assert len(together) == 3
+    for task, size, output, result in zip(tasks, sizes, outputs, together):
+        alone = linear_eval.main(_probe_args(synthetic_coco, tmp_path, "--task", task, "--resize", size, "--crop", size))
+        with open(output) as f:
+            assert json.load(f) == alone == result, task
+    with pytest.raises(SystemExit):
+        linear_eval.main(_probe_args(synthetic_coco, tmp_path, "--task", *tasks, "--output", *outputs[:2]))
+
+
 def test_random_init_backbone_follows_the_seed(linear_eval):
     cfg = get_pretrain_cfg(os.path.join(REPO, "configs", "demo", "oac_moco_r18_demo.yaml"))
     first, again, other = (frozen_features.build_frozen_backbone(cfg, None, seed).state_dict() for seed in (0, 0, 1))

@@ -139,12 +139,13 @@ def test_study_smoke_run_reports_every_arm(tmp_path):
     # a second run reuses every finished arm instead of recomputing it, and restarts an unfinished one from
     # scratch (no stale files, no metrics appended to an old run's)
     before = (out / "soco_seed0" / "result.json").stat().st_mtime
-    # an arm finished before the probes had chance levels gets its probes, not a new finetuning
+    # an arm finished before a probe existed gets that probe only, not a new finetuning
     with open(out / "moco_scene_seed0" / "result.json") as f:
         old_result = json.load(f)
     old_result.pop("object_probe_top1_chance")
     (out / "moco_scene_seed0" / "result.json").write_text(json.dumps(old_result))
     finetuned = (out / "moco_scene_seed0" / "finetune" / "metrics.json").stat().st_mtime
+    retrieval_probed = (out / "moco_scene_seed0" / "view_retrieval.json").stat().st_mtime
     (out / "random_init_seed0" / "result.json").unlink()
     (out / "random_init_seed0" / "finetune" / "stale_marker").write_text("from a killed run")
     _run_smoke_study(out)
@@ -152,6 +153,7 @@ def test_study_smoke_run_reports_every_arm(tmp_path):
     with open(out / "moco_scene_seed0" / "result.json") as f:
         assert "object_probe_top1_chance" in json.load(f)
     assert (out / "moco_scene_seed0" / "finetune" / "metrics.json").stat().st_mtime == finetuned
+    assert (out / "moco_scene_seed0" / "view_retrieval.json").stat().st_mtime == retrieval_probed
     assert (out / "random_init_seed0" / "result.json").exists()
     assert not (out / "random_init_seed0" / "finetune" / "stale_marker").exists()
     with open(out / "random_init_seed0" / "finetune" / "metrics.json") as f:

@@ -127,10 +127,11 @@ def run_arm(arm, seed, out, data, scale, py, keep_checkpoints=False, device="cpu
     if os.path.exists(result_path):  # finished earlier: the study resumes where it stopped
         with open(result_path) as f:
             result = json.load(f)
-        if not all(f"{probe}_chance" in result for probe in PROBES):
-            # Finished before the probes had their floors: redo the probes (seconds) from the kept weights.
-            print(f"   adding the probes to {arm_dir}", flush=True)
-            run_probes(arm, seed, arm_dir, result, data, scale, py, device)
+        missing = [probe for probe in PROBES if f"{probe}_chance" not in result]
+        if missing:
+            # Finished before these probes (or their floors) existed: run them (seconds) on the kept weights.
+            print(f"   adding the probes {missing} to {arm_dir}", flush=True)
+            run_probes(arm, seed, arm_dir, result, data, scale, py, device, missing)
             atomic_write_json(result_path, result)
         return result
     if os.path.isdir(arm_dir):
@@ -201,20 +202,22 @@ def coco_registrations(data):
     return [f"study_{split}:{data[split][0]}:{data[split][1]}" for split in ("train", "val")]
 
 
-def run_probes(arm, seed, arm_dir, result, data, scale, py, device):
-    """Runs every probe of :data:`PROBES` on the arm's converted weights (random init: a fresh ResNet drawn with
-    ``seed``) and records score, chance level and seconds in ``result``."""
+def run_probes(arm, seed, arm_dir, result, data, scale, py, device, probes=tuple(PROBES)):
+    """Runs ``probes`` (names of :data:`PROBES`; default all) on the arm's converted weights (random init: a fresh
+    ResNet drawn with ``seed``), in one process, and records score, chance level and seconds in ``result``."""
     config = ARMS[arm][0] if ARMS[arm] is not None else PROBE_CONFIG_RANDOM_INIT
     weights = ["--random-init"] if ARMS[arm] is None else ["--weights", os.path.join(arm_dir, "converted.pkl")]
     register = coco_registrations(data)
-    for probe, (task, size, metric, chance) in PROBES.items():
-        path = os.path.join(arm_dir, f"{probe}.json")
-        result["seconds"][probe] = run(
-            [py, "tools/linear_eval.py", "--config-file", config, *weights, "--seed", seed,
-             "--train-dataset", "study_train", "--test-dataset", "study_val", "--task", task,
-             "--resize", size, "--crop", size, "--epochs", scale["probe_epochs"], "--output", path,
-             "--device", device, "DATASETS.COCO_JSON_REGISTER", f"({register[0]!r}, {register[1]!r})"],
-            os.path.join(arm_dir, f"{probe}.log"))
+    paths = [os.path.join(arm_dir, f"{probe}.json") for probe in probes]
+    result["seconds"]["probes"] = result["seconds"].get("probes", 0.0) + run(
+        [py, "tools/linear_eval.py", "--config-file", config, *weights, "--seed", seed,
+         "--train-dataset", "study_train", "--test-dataset", "study_val",
+         "--task", *(PROBES[p][0] for p in probes), "--resize", *(PROBES[p][1] for p in probes),
+         "--crop", *(PROBES[p][1] for p in probes), "--epochs", scale["probe_epochs"], "--output", *paths,
+         "--device", device, "DATASETS.COCO_JSON_REGISTER", f"({register[0]!r}, {register[1]!r})"],
+        os.path.join(arm_dir, "probes.log"))
+    for probe, path in zip(probes, paths):
+        _, _, metric, chance = PROBES[probe]
         with open(path) as f:
             probe_result = json.load(f)
         result[probe] = 100.0 * probe_result[metric]  # in percent, like COCO AP
