@@ -104,6 +104,12 @@ def _add_soco_config(cfg):
     # outputs the mean target no longer lowers the loss (docs/results.md: the predictor's early mean phase).
     _C.MODEL.SOCO.PROJECTOR_OUTPUT_NORM = ""
     # Target network EMA (§4.1, following BYOL): tau rises from BASE to END on a cosine schedule over training.
+    # How the objects of one image are weighted in the loss when a proposal fills several of its K rows (an image
+    # with fewer usable proposals, FALLBACK "repeat"): "rows", each row once and the mean over the batch's rows
+    # (Eq. 5-6 as written); "pairs", every pair of rows with the same proposal in the two views, normalized per
+    # image (the official correspondence matrix, regression_loss_bboxs_aware in contrast/models/SoCo_FPN.py:
+    # [a, a, a, b] weighs a : b as 9 : 1, not 3 : 1).
+    _C.MODEL.SOCO.REPEATED_BOX_WEIGHTING = "rows"
     _C.MODEL.SOCO.MOMENTUM_BASE = 0.99
     _C.MODEL.SOCO.MOMENTUM_END = 1.0
 
@@ -145,6 +151,35 @@ def _add_soco_config(cfg):
     _C.INPUT.SOCO.SOLARIZE_PROB = (0.0, 0.2)
     # Horizontal flip, drawn per view (BYOL); it moves the boxes too.
     _C.INPUT.SOCO.HFLIP_PROB = 0.5
+    # ---- Where the official SoCo code (hologerry/SoCo) departs from the paper's text; docs/fidelity.md ----
+    # What V2 (and V4, and every OWN_PROPOSAL_VIEWS view) is cropped from: "v1", the 224 px V1 (§3.2 "a random crop
+    # ... on V1"), or "original", the decoded image, with CROP_SCALE and CROP_RATIO relative to it, as the
+    # official RandomResizedCropParams (contrast/data/transform_ops.py) does.
+    _C.INPUT.SOCO.CROP_FROM = "v1"
+    # Views cropped on their own, each with its own K proposals and its own V1 boxes for the pair (V1, view):
+    # none in the paper (V3 is V2 downsampled, §3.2). Official: ("v3",) for R50-FPN (V3 a 112 px crop of the
+    # original, ImageFolderImageAsymBboxAwareMultiJitter1 in contrast/data/dataset.py) and ("v4",) for SoCo*
+    # (the official's "image3", 192 px; its "image4" is V2 at 112 px, our V3).
+    _C.INPUT.SOCO.OWN_PROPOSAL_VIEWS = ()
+    # Which proposals survive the crops: "visible_fraction" (at least MIN_VISIBLE_FRACTION of the box inside every
+    # crop of its views) or "any_overlap" (official get_overlap_props: any overlap with the crop; the box is then
+    # clipped to the view).
+    _C.INPUT.SOCO.PROPOSAL_KEEP_RULE = "visible_fraction"
+    # Draws of the crops per image: 1 = one draw. Official 5 (--max_tries): the crops are drawn again while a view
+    # pair has fewer than max(K // 2, 1) surviving proposals, that bar halving after each draw; the last draw is
+    # kept, with FALLBACK padding.
+    _C.INPUT.SOCO.CROP_TRIES = 1
+    # Which views' boxes are jittered: "all" (each view independently) or "v1" (official jitter_props: only V1's
+    # boxes, once per view pair).
+    _C.INPUT.SOCO.BOX_JITTER_VIEWS = "all"
+    # The point the jitter keeps: "center" (x and y of §3.2 read as the box centre) or "corner" (official: x1 +=
+    # r w, y1 += r h, then the new width and height from that corner).
+    _C.INPUT.SOCO.BOX_JITTER_ANCHOR = "center"
+    # Cutout inside boxes (official 100-epoch FPN and C4 scripts only, RandomCutoutInBbox): in every view but V1,
+    # each box, with this probability, gets a square of CUTOUT_AREA x its area, centred at a random point of the
+    # box, filled with MODEL.PIXEL_MEAN (0 after normalization, as the official fills the normalized tensor). 0: off.
+    _C.INPUT.SOCO.CUTOUT_PROB = 0.0
+    _C.INPUT.SOCO.CUTOUT_AREA = (0.1, 0.3)
 
 
 def _add_oac_config(cfg):

@@ -143,6 +143,9 @@ def test_visualize_views_draws_every_view_with_numbered_boxes(loader_cfg, repo_r
     for axis in figure.axes:
         assert sum(isinstance(p, Rectangle) for p in axis.patches) == 4
         assert sorted(t.get_text() for t in axis.texts) == ["0", "1", "2", "3"]
+    loader_cfg.INPUT.SOCO.OWN_PROPOSAL_VIEWS = ("v3",)  # the official recipe: V1's boxes for V3 get a panel
+    figure = tool["draw_views"](build_mapper(loader_cfg)(get_pretrain_dataset_dicts(loader_cfg)[0]))
+    assert [axis.get_title().split(" (")[0] for axis in figure.axes] == ["v1", "v1 for v3", "v2", "v3"]
 
 
 def test_aspect_ratio_grouping_names_a_dataset_dict_without_its_size():

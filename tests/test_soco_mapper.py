@@ -120,10 +120,11 @@ def test_each_row_covers_the_same_proposal_content_in_every_view(coordinate_imag
 def test_views_have_the_documented_shapes_dtypes_and_row_counts(coordinate_image):
     mapper = SoCoMapper(_cfg(V4_SIZE=192, NUM_PROPOSALS=3))
     out = mapper(_record(coordinate_image, _grid_proposals()))
-    assert set(out) == {"image_id", "file_name", "views", "boxes", "view_names"}
+    assert set(out) == {"image_id", "file_name", "views", "boxes", "box_ids", "view_names"}
     assert out["image_id"] == "coords" and out["file_name"] == coordinate_image
     assert [tuple(v.shape) for v in out["views"]] == [(3, 224, 224), (3, 224, 224), (3, 112, 112), (3, 192, 192)]
     assert all(v.dtype == torch.uint8 and v.is_contiguous() for v in out["views"])
+    assert all(ids.dtype == torch.int64 and torch.equal(ids, out["box_ids"][0]) for ids in out["box_ids"])
     for view, boxes in zip(out["views"], out["boxes"]):
         assert boxes.dtype == torch.float32 and tuple(boxes.shape) == (3, 4)
         size = view.shape[-1]
@@ -281,10 +282,129 @@ def test_outputs_are_reproducible_given_the_seed(coordinate_image):
     assert any(not torch.equal(x, y) for a, b in zip(first, other) for x, y in zip(a["boxes"], b["boxes"]))
 
 
+# ---- the official recipe's keys (docs/fidelity.md) ----
+
+def _decoded_rows(out, index, boxes=None, proposals=None):
+    """For each box of view ``index`` (or ``boxes`` in it), the row of ``proposals`` whose pixels it shows."""
+    view = out["views"][index]
+    boxes = out["boxes"][index] if boxes is None else boxes
+    return [_matching_row(_decode_box(view, b), proposals) for b in boxes]
+
+
+def test_a_view_with_its_own_proposals_is_its_own_crop_and_pairs_with_its_own_v1_boxes(coordinate_image):
+    """OWN_PROPOSAL_VIEWS ("v3",), the official R50-FPN recipe: V3 is a crop of its own (not V2 downsampled), its K
+    proposals are drawn for its crop, and V1 carries a second set of boxes, showing V3's proposals row by row."""
+    cfg = _no_random_appearance(OWN_PROPOSAL_VIEWS=("v3",), MIN_VISIBLE_FRACTION=1.0, CROP_SCALE=(0.3, 0.6))
+    mapper = SoCoMapper(cfg)
+    proposals = _grid_proposals()
+    seed_all_rng(0)
+    differ = 0
+    for _ in range(6):
+        out = mapper(_record(coordinate_image, proposals))
+        assert set(out["v1_boxes"]) == {"v3"} and tuple(out["v1_boxes"]["v3"].shape) == (4, 4)
+        v2_rows, v3_rows = _decoded_rows(out, 1, proposals=proposals), _decoded_rows(out, 2, proposals=proposals)
+        assert _decoded_rows(out, 0, proposals=proposals) == v2_rows  # boxes[0]: V1's boxes for V2
+        assert _decoded_rows(out, 0, out["v1_boxes"]["v3"], proposals) == v3_rows
+        assert None not in v3_rows and out["box_ids"][2].tolist() == v3_rows
+        differ += set(v3_rows) != set(v2_rows)
+        # V3's corners show other original pixels than V2's: an independent crop
+        assert not np.allclose(_decode_box(out["views"][2], torch.tensor([0.0, 0, 112, 112])),
+                               _decode_box(out["views"][1], torch.tensor([0.0, 0, 224, 224])), atol=3)
+    assert differ >= 3  # the official V3's proposals are not all V2's
+    paper = SoCoMapper(_no_random_appearance())(_record(coordinate_image, proposals))
+    assert "v1_boxes" not in paper
+    with pytest.raises(ValueError, match="OWN_PROPOSAL_VIEWS"):
+        SoCoMapper(_cfg(OWN_PROPOSAL_VIEWS=("v4",)))  # V4 is off
+
+
+def test_crops_of_the_original_keep_the_aspect_ratio_of_the_original(coordinate_image):
+    """CROP_FROM "original" with CROP_SCALE and CROP_RATIO 1: a square crop of the 128 x 96 original (96 x 96 of its
+    pixels); "v1": the whole of V1, i.e. the whole image squashed."""
+    corners = torch.tensor([0.0, 0.0, 224.0, 224.0])
+    settings = dict(CROP_SCALE=(1.0, 1.0), CROP_RATIO=(1.0, 1.0), V3_SIZE=0)
+    from_v1 = SoCoMapper(_no_random_appearance(**settings))(_record(coordinate_image, _grid_proposals()))
+    x0, y0, x1, y1 = _decode_box(from_v1["views"][1], corners)
+    assert (x1 - x0, y1 - y0) == pytest.approx((ORIG_W, ORIG_H), abs=2)
+    seed_all_rng(0)
+    original = SoCoMapper(_no_random_appearance(CROP_FROM="original", MIN_VISIBLE_FRACTION=1.0, **settings))
+    out = original(_record(coordinate_image, _grid_proposals()))
+    x0, y0, x1, y1 = _decode_box(out["views"][1], corners)
+    assert (x1 - x0, y1 - y0) == pytest.approx((ORIG_H, ORIG_H), abs=2)
+    assert _decoded_rows(out, 0, proposals=_grid_proposals()) == _decoded_rows(out, 1, proposals=_grid_proposals())
+
+
+def test_official_jitter_moves_only_v1_boxes_from_their_corner(coordinate_image):
+    mapper = SoCoMapper(_cfg(BOX_JITTER_PROB=1.0, BOX_JITTER_ANCHOR="corner"))
+    boxes = np.array([[10.0, 20.0, 110.0, 70.0]] * 200)
+    seed_all_rng(0)
+    jittered = mapper._jitter(boxes)
+    seed_all_rng(0)
+    r = np.random.uniform(-0.1, 0.1, size=(200, 4))  # the draws _jitter makes, in its order
+    np.testing.assert_allclose(jittered[:, 0], 10 + r[:, 0] * 100)  # x1 += r w
+    np.testing.assert_allclose(jittered[:, 1], 20 + r[:, 1] * 50)
+    np.testing.assert_allclose(jittered[:, 2] - jittered[:, 0], 100 * (1 + r[:, 2]))
+    np.testing.assert_allclose(jittered[:, 3] - jittered[:, 1], 50 * (1 + r[:, 3]))
+
+    settings = dict(BOX_JITTER_PROB=1.0, MIN_VISIBLE_FRACTION=1.0, V3_SIZE=0)
+    plain = SoCoMapper(_no_random_appearance(**{**settings, "BOX_JITTER_PROB": 0.0}))
+    v1_only = SoCoMapper(_no_random_appearance(BOX_JITTER_VIEWS="v1", **settings))
+    seed_all_rng(3)
+    reference = plain(_record(coordinate_image, _grid_proposals()))
+    seed_all_rng(3)
+    out = v1_only(_record(coordinate_image, _grid_proposals()))
+    # The same crop and the same K proposals (jitter draws come after both): V2's boxes are untouched, V1's moved.
+    assert torch.equal(out["box_ids"][1], reference["box_ids"][1])
+    assert torch.allclose(out["boxes"][1], reference["boxes"][1])
+    assert not torch.allclose(out["boxes"][0], reference["boxes"][0], atol=0.5)
+
+
+def test_any_overlap_keeps_a_box_only_partly_in_the_crop():
+    """A box with 10 % of its area inside the crop: dropped by "visible_fraction" (0.5), kept by "any_overlap"."""
+    proposals = np.array([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0], [200.0, 200.0, 210.0, 210.0]])
+    crop = np.array([9.0, 0.0, 100.0, 100.0])
+    assert SoCoMapper(_cfg())._usable(proposals, [crop]).tolist() == [1]
+    assert SoCoMapper(_cfg(PROPOSAL_KEEP_RULE="any_overlap"))._usable(proposals, [crop]).tolist() == [0, 1]
+
+
+def test_crop_tries_redraw_the_crops_while_too_few_proposals_survive(coordinate_image, monkeypatch):
+    draws = []
+    original = SoCoMapper._draw_views
+    monkeypatch.setattr(SoCoMapper, "_draw_views", lambda self, *a: draws.append(1) or original(self, *a))
+    mapper = SoCoMapper(_cfg(CROP_TRIES=5))
+    mapper(_record(coordinate_image, np.zeros((0, 4), np.float32)))  # nothing ever survives: every draw
+    assert len(draws) == 5
+    draws.clear()
+    mapper(_record(coordinate_image, np.array([[0.0, 0.0, ORIG_W, ORIG_H]] * 4, np.float32)))  # always enough
+    assert len(draws) == 1
+    draws.clear()
+    SoCoMapper(_cfg())(_record(coordinate_image, np.zeros((0, 4), np.float32)))
+    assert len(draws) == 1
+
+
+def test_cutout_fills_squares_inside_the_boxes_of_every_view_but_v1(coordinate_image):
+    settings = dict(V3_SIZE=0, MIN_VISIBLE_FRACTION=1.0)
+    record = _record(coordinate_image, _grid_proposals())
+    seed_all_rng(4)
+    plain = SoCoMapper(_no_random_appearance(**settings))(record)
+    seed_all_rng(4)
+    out = SoCoMapper(_no_random_appearance(CUTOUT_PROB=1.0, CUTOUT_AREA=(0.3, 0.3), **settings))(record)
+    assert torch.equal(out["views"][0], plain["views"][0])  # V1 untouched
+    changed = (out["views"][1] != plain["views"][1]).any(dim=0)
+    fill = torch.tensor([124, 116, 104], dtype=torch.uint8)[:, None]  # MODEL.PIXEL_MEAN, rounded
+    assert changed.any() and (out["views"][1][:, changed] == fill).all()
+    inside = torch.zeros_like(changed)
+    for x0, y0, x1, y1 in out["boxes"][1].tolist():  # a square of 30 % of the box around a point of the box
+        margin = 0.55 * ((x1 - x0) * (y1 - y0) * 0.3) ** 0.5 + 1
+        inside[max(int(y0 - margin), 0):int(y1 + margin) + 1, max(int(x0 - margin), 0):int(x1 + margin) + 1] = True
+    assert not (changed & ~inside).any()
+    assert changed.sum() <= 4 * (0.3 * (out["boxes"][1][:, 2] - out["boxes"][1][:, 0]).max() ** 2 * 1.3 + 60)
+
+
 @pytest.mark.parametrize(
     "key, value",
     [("FALLBACK", "pad"), ("MIN_VISIBLE_FRACTION", 0.0), ("CROP_SCALE", (0.0, 1.0)), ("NUM_PROPOSALS", 0),
-     ("BLUR_PROB", (1.0,))],
+     ("BLUR_PROB", (1.0,)), ("CROP_FROM", "image"), ("PROPOSAL_KEEP_RULE", "inside"), ("BOX_JITTER_VIEWS", "v2"),
+     ("BOX_JITTER_ANCHOR", "edge"), ("CROP_TRIES", 0), ("CUTOUT_PROB", 2.0), ("OWN_PROPOSAL_VIEWS", ("v2",))],
 )
 def test_invalid_config_names_the_key(key, value):
     with pytest.raises(ValueError, match=key):

@@ -9,7 +9,7 @@ from torch import nn
 
 import objpretrain  # noqa: F401  (registers SoCo / SoCoC4)
 from objpretrain.config import get_pretrain_cfg
-from objpretrain.modeling.losses import BYOLLoss, byol_loss
+from objpretrain.modeling.losses import BYOLLoss, byol_loss, byol_pair_loss
 from objpretrain.modeling.scale_aware_pooler import ScaleAwareROIPooler, assign_boxes_to_scale_bands
 
 DEMO_CONFIG = "configs/demo/soco_r18_fpn_demo.yaml"
@@ -111,6 +111,24 @@ def test_symmetrized_loss_averages_each_direction_over_objects_and_stops_target_
     assert pred_a.grad is not None
 
 
+def test_pair_loss_weights_a_repeated_proposal_by_its_pairs_per_image():
+    """REPEATED_BOX_WEIGHTING "pairs" (the official correspondence matrix): rows [a, a, a, b] weigh a : b as 9 : 1 and
+    each image counts once; with distinct ids it equals the mean over rows."""
+    prediction = torch.tensor([[1.0, 0.0]] * 3 + [[0.0, 1.0]] + [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    target = torch.tensor([[1.0, 0.0]] * 3 + [[-1.0, 0.0]] + [[1.0, 0.0]] * 4)
+    repeated = torch.tensor([0, 0, 0, 1])
+    distinct = torch.arange(4)
+    ids = torch.stack([repeated, distinct])
+    per_image = byol_pair_loss(prediction, target, ids[:, :, None] == ids[:, None, :])
+    # image 0: 9 pairs of a at loss 0, 1 pair of b at loss 2 (orthogonal) -> 0.2; image 1: rows 0, 2 at 0, 1, 3 at 2
+    assert per_image.tolist() == pytest.approx([0.2, 1.0])
+    identity = torch.eye(4, dtype=torch.bool).expand(2, 4, 4)
+    assert byol_pair_loss(prediction, target, identity).mean().item() == pytest.approx(
+        byol_loss(prediction, target).mean().item())
+    rows = BYOLLoss()(prediction, target, target, prediction)
+    assert BYOLLoss()(prediction, target, target, prediction, identity).item() == pytest.approx(rows.item())
+
+
 def test_byol_loss_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="differ in shape"):
         byol_loss(torch.zeros(3, 4), torch.zeros(2, 4))
@@ -181,6 +199,52 @@ def test_soco_rejects_inconsistent_boxes_naming_the_image(tiny_soco):
     batch[1]["view_names"] = ["v1", "v2"]
     with pytest.raises(ValueError, match="image_1"):
         tiny_soco(batch)
+
+
+def test_a_view_with_its_own_proposals_pairs_with_its_own_v1_boxes(tiny_soco):
+    """v1_boxes["v3"] (INPUT.SOCO.OWN_PROPOSAL_VIEWS): the pair (V1, V3) compares V3's rows with those V1 boxes,
+    the pair (V1, V2) with boxes[0]: in eval mode (BatchNorm per row) each loss equals that of a batch holding only
+    that pair."""
+    model = tiny_soco.eval()
+    try:
+        batch = make_soco_batch(names=("v1", "v2", "v3"), seed=5)
+        own_v1 = make_soco_batch(sizes=(32,), names=("v1",), seed=6)
+        for x, other in zip(batch, own_v1):
+            x["v1_boxes"] = {"v3": other["boxes"][0]}
+        losses = model(batch)
+        only_v3 = [{**x, "views": [x["views"][0], x["views"][2]], "boxes": [x["v1_boxes"]["v3"], x["boxes"][2]],
+                    "view_names": ["v1", "v3"], "v1_boxes": {}} for x in batch]
+        only_v2 = [{**x, "views": x["views"][:2], "boxes": x["boxes"][:2], "view_names": ["v1", "v2"],
+                    "v1_boxes": {}} for x in batch]
+        assert losses["loss_v1_v3"].item() == pytest.approx(model(only_v3)["loss_v1_v3"].item(), rel=1e-5)
+        assert losses["loss_v1_v2"].item() == pytest.approx(model(only_v2)["loss_v1_v2"].item(), rel=1e-5)
+        shared = [{**x, "v1_boxes": {}} for x in batch]  # V1's boxes[0] for V3 too: another loss
+        assert model(shared)["loss_v1_v3"].item() != pytest.approx(losses["loss_v1_v3"].item(), rel=1e-3)
+        batch[1]["v1_boxes"] = {"v3": batch[1]["v1_boxes"]["v3"][:2]}
+        with pytest.raises(ValueError, match="image_1"):
+            model(batch)
+    finally:
+        model.train()
+
+
+def test_pairs_weighting_uses_the_box_ids(repo_root):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(repo_root, "MODEL.SOCO.REPEATED_BOX_WEIGHTING", "pairs")).eval()
+    rows_model = build_model(tiny_cfg(repo_root)).eval()
+    rows_model.load_state_dict(model.state_dict())
+    batch = make_soco_batch(names=("v1", "v2", "v3"), seed=7)
+    with pytest.raises(ValueError, match="box_ids"):
+        model(batch)
+    for x in batch:
+        x["box_ids"] = [torch.arange(3)] * 3
+    distinct = model(batch)
+    assert distinct["loss_v1_v2"].item() == pytest.approx(rows_model(batch)["loss_v1_v2"].item(), rel=1e-5)
+    for x in batch:  # rows 0 and 1 are one proposal (the mapper repeats boxes so): their 4 pairs count
+        x["box_ids"] = [torch.tensor([0, 0, 1])] * 3
+        x["boxes"] = [torch.stack([b[0], b[0], b[2]]) for b in x["boxes"]]
+    assert model(batch)["loss_v1_v2"].item() != pytest.approx(rows_model(batch)["loss_v1_v2"].item(), rel=1e-3)
+    with pytest.raises(ValueError, match="REPEATED_BOX_WEIGHTING"):
+        build_model(tiny_cfg(repo_root, "MODEL.SOCO.REPEATED_BOX_WEIGHTING", "objects"))
 
 
 def test_soco_parameter_names_match_detectron2_and_the_target_mirrors_the_online_network(repo_root, tiny_soco):

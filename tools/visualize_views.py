@@ -27,11 +27,13 @@ logger = logging.getLogger("objpretrain.visualize_views")
 
 
 def draw_views(sample, title=""):
-    """A matplotlib figure with one panel per view; box i has the same colour and number in every panel."""
-    views = sample["views"]
-    figure, axes = plt.subplots(1, len(views), figsize=(3.2 * len(views), 3.6), squeeze=False)
+    """A matplotlib figure with one panel per view; box i has the same colour and number in every panel. A view with
+    its own proposals (INPUT.SOCO.OWN_PROPOSAL_VIEWS) adds a panel of V1 with V1's boxes for that view."""
+    panels = list(zip(sample["view_names"], sample["views"], sample["boxes"]))
+    panels[1:1] = [(f"v1 for {name}", sample["views"][0], boxes) for name, boxes in sample.get("v1_boxes", {}).items()]
+    figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
     colors = plt.get_cmap("tab10")
-    for axis, name, view, boxes in zip(axes[0], sample["view_names"], views, sample["boxes"]):
+    for axis, (name, view, boxes) in zip(axes[0], panels):
         axis.imshow(view.permute(1, 2, 0).numpy())
         for row, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
             color = colors(row % 10)

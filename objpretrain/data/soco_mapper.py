@@ -6,10 +6,9 @@ smallest DCT scale that keeps the shorter side at least ``VIEW_SIZE``, so V1 is 
 - V1: the whole image resized to ``VIEW_SIZE`` x ``VIEW_SIZE`` (224);
 - V2: a random crop of V1 (area scale ``CROP_SCALE``, log-uniform aspect ratio ``CROP_RATIO``) resized to
   ``VIEW_SIZE``;
-- V3 (``V3_SIZE > 0``): V2 downsampled to ``V3_SIZE`` (112). It is returned at 112 x 112, **not padded**: the
-  model pads it at batching with ``ImageList.from_tensors(images, backbone.size_divisibility)`` (FPN: 32, so
-  112 -> 128, padded at the bottom and right, which leaves the boxes unchanged). ``V3_SIZE = 0`` drops V3
-  (the C4 variant, §3.3);
+- V3 (``V3_SIZE > 0``): V2 downsampled to ``V3_SIZE`` (112), returned at 112 x 112; the pretraining FPN takes
+  any size, so it is not padded (objpretrain/modeling/any_size_fpn.py). ``V3_SIZE = 0`` drops V3 (the C4
+  variant, §3.3);
 - V4 (``V4_SIZE > 0``, SoCo*): another random crop of V1, like V2's, resized to ``V4_SIZE`` (192).
 
 Then every view is augmented independently (§3.2 "each view is randomly and independently augmented"): a
@@ -17,13 +16,16 @@ horizontal flip (``HFLIP_PROB``), then BYOL's colour pipeline, with BYOL's first
 its second-view ones for V2, V3, V4 (``objpretrain.data.augmentations``).
 
 All geometry is a Detectron2 ``Transform`` (``ResizeTransform``, ``CropTransform``, ``HFlipTransform``): each
-view's transform list from the V1 frame is applied to the view's pixels and, through ``apply_box``, to its boxes.
+view's transform list from the decoded image's frame is applied to the view's pixels and, through ``apply_box``,
+to its boxes.
 
 Proposals (``proposal_boxes`` attached from a proposal file, original-image pixels): a proposal is *usable*
-when it is finite with positive size and at least ``MIN_VISIBLE_FRACTION`` of its area lies inside the V2 crop
-(and inside the V4 crop when V4 is on); K = ``NUM_PROPOSALS`` of them are drawn without replacement. Row i of
-every view's ``boxes`` is the same proposal. With fewer than K usable proposals (including none, or no
-``proposal_boxes`` at all) the image still yields K rows, padded per ``FALLBACK``:
+when it is finite with positive size and survives the crops of its views: at least ``MIN_VISIBLE_FRACTION`` of
+its area inside the V2 crop (and inside the V4 crop when V4 is on), or, with ``PROPOSAL_KEEP_RULE
+"any_overlap"``, any part of it; K = ``NUM_PROPOSALS`` of them are drawn without replacement. Row i of every
+view's ``boxes`` is the same proposal, and ``box_ids`` gives each row's proposal index. With fewer than K usable
+proposals (including none, or no ``proposal_boxes`` at all) the image still yields K rows, padded per
+``FALLBACK``:
 
 - ``"repeat"``: every usable proposal once, then usable proposals drawn again at random (box jitter makes
   the repeats differ); an image with no usable proposal gets ``"whole_image"`` rows;
@@ -31,17 +33,25 @@ every view's ``boxes`` is the same proposal. With fewer than K usable proposals 
 - ``"random"``: random boxes inside that region, with the sizes and aspect ratios that SoCo's proposal filter
   keeps (§3.2: sqrt(wh / WH) in [0.3, 0.8], w/h in [1/3, 3]), as in the "Random" row of Table 5(c).
 
+The official recipe (hologerry/SoCo; docs/fidelity.md) differs in keys that default to the paper:
+``CROP_FROM "original"`` crops V2 (and V4) from the decoded image rather than from V1; ``OWN_PROPOSAL_VIEWS``
+lists views cropped on their own with their own K proposals, for which V1 carries a second set of boxes
+(``v1_boxes[name]``, K x 4, row i showing the view's row i); ``CROP_TRIES`` redraws the crops while a group of
+views keeps fewer than max(K // 2, 1) proposals; ``BOX_JITTER_VIEWS "v1"`` and ``BOX_JITTER_ANCHOR "corner"``
+jitter only V1's boxes, from their corner; ``CUTOUT_PROB`` blanks squares inside the boxes of every view but V1.
+
 ``SoCoMapper.counters`` (a ``Counter``, logged every minute by each data-loader worker) counts ``images``,
 ``bad_images`` (skipped), ``missing_proposals`` (no ``proposal_boxes``), ``invalid_proposals`` (non-finite or
 empty boxes, dropped), ``size_mismatch`` (dataset dict height/width differ from the decoded image),
-``fallback_images``, ``no_usable_proposals`` and ``fallback_<mode>_boxes`` (padded rows per mode).
+``fallback_images`` (per group of views sharing proposals: one per image in the paper's recipe),
+``no_usable_proposals`` and ``fallback_<mode>_boxes`` (padded rows per mode).
 
 Box jitter (§3.2, probability ``BOX_JITTER_PROB``, r uniform in [-``BOX_JITTER_RATIO``, ``BOX_JITTER_RATIO``])
 is drawn **independently per view** and per proposal, with an independent r for each of x, y, w, h: the paper
 introduces it "to further encourage variance of scales and locations of object proposals across views",
 which a jitter shared by all views would not do (it would move the box identically in every view). It is
-applied in the V1 frame before the view's transform; since it is relative to the box size, that equals
-jittering in the view's own frame. Boxes are then clipped to the view.
+applied in the decoded image's frame before the view's transform; since it is relative to the box size, that
+equals jittering in the view's own frame. Boxes are then clipped to the view.
 
 Random draws use NumPy's global RNG, which the pretraining loader seeds per sample from ``cfg.SEED`` and the
 sample's stream position (``objpretrain/data/samplers.py``).
@@ -131,6 +141,19 @@ class SoCoMapper:
         self.jitter_prob = float(soco.BOX_JITTER_PROB)
         self.jitter_ratio = float(soco.BOX_JITTER_RATIO)
         self.fallback = soco.FALLBACK
+        self.crop_from = soco.CROP_FROM
+        self.own_proposal_views = tuple(soco.OWN_PROPOSAL_VIEWS)
+        self.keep_rule = soco.PROPOSAL_KEEP_RULE
+        self.crop_tries = int(soco.CROP_TRIES)
+        self.jitter_views = soco.BOX_JITTER_VIEWS
+        self.jitter_anchor = soco.BOX_JITTER_ANCHOR
+        self.cutout_prob = float(soco.CUTOUT_PROB)
+        self.cutout_area = tuple(float(a) for a in soco.CUTOUT_AREA)
+        # Cutout's fill: the pixel mean, which normalization maps to 0 (what the official code writes), in the
+        # views' RGB order (MODEL.PIXEL_MEAN is in INPUT.FORMAT's).
+        mean = np.asarray(cfg.MODEL.PIXEL_MEAN, dtype=np.float64)
+        mean = mean[::-1] if cfg.INPUT.FORMAT == "BGR" else mean
+        self.cutout_fill = np.round(mean).clip(0, 255).astype(np.uint8)
         self.bad_image_policy = cfg.OBJPRETRAIN.BAD_IMAGE_POLICY
         self.flip = T.RandomFlip(prob=float(soco.HFLIP_PROB), horizontal=True, vertical=False)
         self.first_view_aug, self.other_view_aug = build_byol_augmentations(soco)
@@ -153,6 +176,22 @@ class SoCoMapper:
             problems.append("INPUT.SOCO.BOX_JITTER_PROB must be in [0, 1] and BOX_JITTER_RATIO in [0, 1)")
         if self.fallback not in FALLBACK_MODES:
             problems.append(f"INPUT.SOCO.FALLBACK must be one of {FALLBACK_MODES}, got {self.fallback!r}")
+        choices = {"CROP_FROM": (self.crop_from, ("v1", "original")),
+                   "PROPOSAL_KEEP_RULE": (self.keep_rule, ("visible_fraction", "any_overlap")),
+                   "BOX_JITTER_VIEWS": (self.jitter_views, ("all", "v1")),
+                   "BOX_JITTER_ANCHOR": (self.jitter_anchor, ("center", "corner"))}
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                problems.append(f"INPUT.SOCO.{key} must be one of {allowed}, got {value!r}")
+        enabled = {"v3": self.v3_size > 0, "v4": self.v4_size > 0}
+        for name in self.own_proposal_views:
+            if not enabled.get(name):
+                problems.append(f"INPUT.SOCO.OWN_PROPOSAL_VIEWS: {name!r} is not a view that is on (v3 needs "
+                                f"V3_SIZE > 0, v4 V4_SIZE > 0; V1 and V2 cannot be listed)")
+        if self.crop_tries < 1:
+            problems.append(f"INPUT.SOCO.CROP_TRIES must be >= 1, got {self.crop_tries}")
+        if not 0 <= self.cutout_prob <= 1 or not 0 < self.cutout_area[0] <= self.cutout_area[1] <= 1:
+            problems.append("INPUT.SOCO.CUTOUT_PROB must be in [0, 1] and CUTOUT_AREA 0 < low <= high <= 1")
         if self.bad_image_policy not in ("skip", "raise"):
             problems.append(
                 f"OBJPRETRAIN.BAD_IMAGE_POLICY must be 'skip' or 'raise', got {self.bad_image_policy!r}"
@@ -182,58 +221,73 @@ class SoCoMapper:
                 n=10,
             )
 
-        size = self.view_size
-        v1 = ResizeTransform(image.shape[0], image.shape[1], size, size).apply_image(image)
-        proposals = self._proposals_in_v1(dataset_dict, ResizeTransform(orig_h, orig_w, size, size))
+        # Every box lives in the frame of the decoded image (the "source"); each view has its transforms from it.
+        source_h, source_w = image.shape[:2]
+        proposals = self._proposals_in_source(dataset_dict, ResizeTransform(orig_h, orig_w, source_h, source_w))
+        to_v1 = ResizeTransform(source_h, source_w, self.view_size, self.view_size)
+        v1 = to_v1.apply_image(image)
 
-        # Geometry of each view from the V1 frame, and the pixels it produces (before flip and colour).
-        x0, y0, w, h = sample_scaled_box(size, size, self.crop_scale, self.crop_ratio)
-        v2_geometry = [T.CropTransform(x0, y0, w, h), ResizeTransform(h, w, size, size)]
-        crops = [(x0, y0, x0 + w, y0 + h)]
-        views = [("v1", [], v1), ("v2", v2_geometry, T.TransformList(v2_geometry).apply_image(v1))]
-        if self.v3_size > 0:
-            to_v3 = ResizeTransform(size, size, self.v3_size, self.v3_size)
-            views.append(("v3", v2_geometry + [to_v3], to_v3.apply_image(views[1][2])))
-        if self.v4_size > 0:
-            x0, y0, w, h = self._sample_v4_crop(crops[0])
-            v4_geometry = [T.CropTransform(x0, y0, w, h), ResizeTransform(h, w, self.v4_size, self.v4_size)]
-            crops.append((x0, y0, x0 + w, y0 + h))
-            views.append(("v4", v4_geometry, T.TransformList(v4_geometry).apply_image(v1)))
+        # Draw the crops; official recipe: again while a group of views keeps too few proposals (CROP_TRIES).
+        enough = max(self.num_proposals // 2, 1)
+        for _ in range(self.crop_tries):
+            views = self._draw_views(source_w, source_h, to_v1)
+            groups = self._view_groups(views)
+            usable = [self._usable(proposals, [views[name]["crop"] for name in group]) for group in groups]
+            if min(len(u) for u in usable) >= enough:
+                break
+            enough = max(enough // 2, 1)
+        selections = [self._select_proposals(proposals, u, [views[name]["crop"] for name in group])
+                      for u, group in zip(usable, groups)]
+        group_of = {name: index for index, group in enumerate(groups) for name in group}
+        self._render(views, image, v1)
 
-        selected = self._select_proposals(proposals, crops)
-
-        out_views, out_boxes = [], []
-        for view_index, (name, geometry, pixels) in enumerate(views):
-            flip = self.flip.get_transform(pixels)
-            to_view = T.TransformList(geometry + [flip])
-            boxes = to_view.apply_box(self._jitter(selected))
-            view_h, view_w = pixels.shape[:2]
-            boxes = np.clip(boxes, 0, [view_w, view_h, view_w, view_h])
-            augment = self.first_view_aug if view_index == 0 else self.other_view_aug
-            pixels = augment(np.ascontiguousarray(flip.apply_image(pixels)))
-            out_views.append(torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))))
-            out_boxes.append(torch.as_tensor(boxes, dtype=torch.float32))
+        # V1's boxes, once per group: V1 pairs with every view, and each group brings its own proposals.
+        v1_flip = self.flip.get_transform(v1)
+        v1_geometry = T.TransformList([to_v1, v1_flip])
+        v1_boxes = [self._boxes_in_view(v1_geometry, boxes, v1.shape, jitter=True) for boxes, _ in selections]
+        out_views = [self._finish_pixels(v1, v1_flip, self.first_view_aug, [])]
+        out_boxes, out_ids = [v1_boxes[0]], [selections[0][1]]
+        names = ["v1"]
+        for name, view in views.items():
+            flip = self.flip.get_transform(view["pixels"])
+            boxes, ids = selections[group_of[name]]
+            boxes = self._boxes_in_view(T.TransformList(view["geometry"] + [flip]), boxes, view["pixels"].shape,
+                                        jitter=self.jitter_views == "all")
+            out_views.append(self._finish_pixels(view["pixels"], flip, self.other_view_aug, boxes))
+            out_boxes.append(boxes)
+            out_ids.append(ids)
+            names.append(name)
 
         log_every_n_seconds(logging.INFO, f"SoCo mapper counters: {dict(self.counters)}", n=_COUNTER_LOG_SECONDS)
-        return {
+        out = {
             "image_id": str(dataset_dict["image_id"]),
             "file_name": file_name,
             "views": out_views,
             "boxes": out_boxes,
-            "view_names": [name for name, _, _ in views],
+            "box_ids": [torch.as_tensor(ids, dtype=torch.int64) for ids in out_ids],
+            "view_names": names,
         }
+        if len(groups) > 1:  # V1's boxes for the views with their own proposals
+            out["v1_boxes"] = {name: v1_boxes[group_of[name]] for name in names[1:] if group_of[name] > 0}
+        return out
 
     def _decode_min_scale(self, file_name):
         """``min_scale`` for ``read_image_rgb``: the shorter side keeps at least VIEW_SIZE pixels, so V1 (the
-        whole image resized to VIEW_SIZE x VIEW_SIZE) is a shrink from the decoded image as from the full one."""
+        whole image resized to VIEW_SIZE x VIEW_SIZE) is a shrink from the decoded image as from the full one.
+        Crops of the original (CROP_FROM "original") keep the smallest crop's shorter side at VIEW_SIZE too."""
         try:
             with Image.open(file_name) as header:  # parses the header only
-                return self.view_size / min(header.size)
+                shorter = min(header.size)
         except Exception:  # read_image_rgb reports the problem with the file
             return 1.0
+        if self.crop_from == "original":
+            # The narrowest crop: area CROP_SCALE[0] of the image at the most elongated aspect ratio.
+            elongation = max(self.crop_ratio[1], 1.0 / self.crop_ratio[0])
+            shorter *= np.sqrt(self.crop_scale[0] / elongation)
+        return min(1.0, self.view_size / shorter)
 
-    def _proposals_in_v1(self, dataset_dict, to_v1):
-        """The image's valid proposals as XYXY boxes in V1 pixels (float64, N x 4)."""
+    def _proposals_in_source(self, dataset_dict, to_source):
+        """The image's valid proposals as XYXY boxes in decoded-image pixels (float64, N x 4)."""
         if "proposal_boxes" not in dataset_dict:
             self.counters["missing_proposals"] += 1
             return np.zeros((0, 4))
@@ -247,58 +301,155 @@ class SoCoMapper:
         boxes = BoxMode.convert(boxes, mode, BoxMode.XYXY_ABS)
         valid = np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         self.counters["invalid_proposals"] += int((~valid).sum())
-        return to_v1.apply_box(boxes[valid]).reshape(-1, 4)
+        return to_source.apply_box(boxes[valid]).reshape(-1, 4)
 
-    def _sample_v4_crop(self, v2_crop):
-        # The fallback region (V2 crop ∩ V4 crop) must not be empty; below CROP_SCALE 0.5 two crops can miss.
+    def _draw_views(self, source_w, source_h, to_v1):
+        """The views after V1, name -> {"geometry": transforms from the source frame, "pixels": the view before
+        flip and colour (computed later for V3-from-V2), "crop": its crop as an XYXY source-frame box}."""
+        # Crops are drawn in the frame they are cut from (V1's 224 x 224, or the source image) and mapped back.
+        if self.crop_from == "v1":
+            frame_w = frame_h = self.view_size
+            base, to_frame = [to_v1], (source_w / self.view_size, source_h / self.view_size)
+        else:
+            frame_w, frame_h, base, to_frame = source_w, source_h, [], (1.0, 1.0)
+
+        def crop_view(crop, size):
+            x0, y0, w, h = crop
+            geometry = base + [T.CropTransform(x0, y0, w, h), ResizeTransform(h, w, size, size)]
+            source_box = np.array([x0 * to_frame[0], y0 * to_frame[1], (x0 + w) * to_frame[0], (y0 + h) * to_frame[1]])
+            return {"geometry": geometry, "crop": source_box, "frame_crop": (x0, y0, x0 + w, y0 + h)}
+
+        views = {"v2": crop_view(sample_scaled_box(frame_w, frame_h, self.crop_scale, self.crop_ratio), self.view_size)}
+        if self.v3_size > 0:
+            if "v3" in self.own_proposal_views:
+                views["v3"] = crop_view(sample_scaled_box(frame_w, frame_h, self.crop_scale, self.crop_ratio),
+                                        self.v3_size)
+            else:  # V2 downsampled (§3.2): V2's crop and proposals
+                to_v3 = ResizeTransform(self.view_size, self.view_size, self.v3_size, self.v3_size)
+                views["v3"] = {"geometry": views["v2"]["geometry"] + [to_v3], "crop": views["v2"]["crop"],
+                               "from_v2": to_v3}
+        if self.v4_size > 0:
+            shared = "v4" not in self.own_proposal_views
+            crop = self._sample_v4_crop(frame_w, frame_h, views["v2"]["frame_crop"] if shared else None)
+            views["v4"] = crop_view(crop, self.v4_size)
+        return views
+
+    def _render(self, views, image, v1):
+        """Fills in each view's pixels (before flip and colour)."""
+        source = v1 if self.crop_from == "v1" else image
+        for view in views.values():
+            if "from_v2" not in view:
+                view["pixels"] = T.TransformList(view["geometry"][1 if self.crop_from == "v1" else 0:]).apply_image(source)
+        for view in views.values():
+            if "from_v2" in view:
+                view["pixels"] = view["from_v2"].apply_image(views["v2"]["pixels"])
+
+    def _sample_v4_crop(self, frame_w, frame_h, v2_crop):
+        """V4's crop (x0, y0, w, h). Sharing V2's proposals (``v2_crop`` given), the region visible in both must not
+        be empty: below CROP_SCALE 0.5 two crops can miss each other."""
         for _ in range(_CROP_ATTEMPTS):
-            x0, y0, w, h = sample_scaled_box(self.view_size, self.view_size, self.crop_scale, self.crop_ratio)
-            if min(x0 + w, v2_crop[2]) > max(x0, v2_crop[0]) and min(y0 + h, v2_crop[3]) > max(y0, v2_crop[1]):
+            x0, y0, w, h = sample_scaled_box(frame_w, frame_h, self.crop_scale, self.crop_ratio)
+            if v2_crop is None or (min(x0 + w, v2_crop[2]) > max(x0, v2_crop[0])
+                                   and min(y0 + h, v2_crop[3]) > max(y0, v2_crop[1])):
                 return x0, y0, w, h
         return v2_crop[0], v2_crop[1], v2_crop[2] - v2_crop[0], v2_crop[3] - v2_crop[1]
 
-    def _select_proposals(self, proposals, crops):
-        """K proposals (K x 4, V1 frame) visible in every crop, padded per FALLBACK when fewer are usable."""
-        k = self.num_proposals
-        candidates = Boxes(proposals)
-        visible = torch.ones(len(candidates), dtype=torch.bool)
+    def _view_groups(self, views):
+        """Lists of view names that share one selection of proposals: V2 with V3-from-V2 and a shared V4, then each
+        OWN_PROPOSAL_VIEWS view on its own."""
+        own = [name for name in views if name in self.own_proposal_views]
+        return [[name for name in views if name not in own]] + [[name] for name in own]
+
+    def _usable(self, proposals, crops):
+        """Indices of the proposals that survive every one of ``crops`` (source-frame XYXY) by PROPOSAL_KEEP_RULE."""
+        candidates = Boxes(torch.as_tensor(proposals))
+        keep = torch.ones(len(candidates), dtype=torch.bool)
         for crop in crops:
-            inside = pairwise_intersection(candidates, Boxes([crop]))[:, 0]
-            visible &= inside >= self.min_visible_fraction * candidates.area()
-        usable = proposals[visible.numpy()]
+            inside = pairwise_intersection(candidates, Boxes(torch.as_tensor(crop[None])))[:, 0]
+            if self.keep_rule == "any_overlap":
+                keep &= inside > 0
+            else:
+                keep &= inside >= self.min_visible_fraction * candidates.area()
+        return np.flatnonzero(keep.numpy())
+
+    def _select_proposals(self, proposals, usable, crops):
+        """K rows (K x 4, source frame) from the ``usable`` proposals, padded per FALLBACK when there are fewer,
+        and each row's proposal id: its index in ``proposals``; -1 for "whole_image" rows (one region); -2, -3,
+        ... for "random" rows (each its own box)."""
+        k = self.num_proposals
         if len(usable) >= k:
-            return usable[np.random.choice(len(usable), k, replace=False)]
+            chosen = usable[np.random.choice(len(usable), k, replace=False)]
+            return proposals[chosen], chosen
 
         self.counters["fallback_images"] += 1
         if len(usable) == 0:
             self.counters["no_usable_proposals"] += 1
         mode = "whole_image" if self.fallback == "repeat" and len(usable) == 0 else self.fallback
-        self.counters[f"fallback_{mode}_boxes"] += k - len(usable)
+        missing = k - len(usable)
+        self.counters[f"fallback_{mode}_boxes"] += missing
         region = np.array(crops[0], dtype=np.float64)
         for crop in crops[1:]:
             region = np.concatenate([np.maximum(region[:2], crop[:2]), np.minimum(region[2:], crop[2:])])
         if mode == "repeat":
-            padding = usable[np.random.choice(len(usable), k - len(usable), replace=True)]
+            padding_ids = usable[np.random.choice(len(usable), missing, replace=True)]
+            padding = proposals[padding_ids]
         elif mode == "whole_image":
-            padding = np.repeat(region[None], k - len(usable), axis=0)
+            padding, padding_ids = np.repeat(region[None], missing, axis=0), np.full(missing, -1)
         else:
-            padding = np.array([self._random_box(region) for _ in range(k - len(usable))])
-        selected = np.concatenate([usable, padding.reshape(-1, 4)])
-        return selected[np.random.permutation(k)]
+            padding = np.array([self._random_box(region) for _ in range(missing)])
+            padding_ids = -2 - np.arange(missing)
+        boxes = np.concatenate([proposals[usable].reshape(-1, 4), padding.reshape(-1, 4)])
+        ids = np.concatenate([usable, padding_ids]).astype(np.int64)
+        order = np.random.permutation(k)
+        return boxes[order], ids[order]
 
     @staticmethod
     def _random_box(region):
-        region_w, region_h = int(region[2] - region[0]), int(region[3] - region[1])
+        region_w, region_h = max(int(region[2] - region[0]), 1), max(int(region[3] - region[1]), 1)
         x0, y0, w, h = sample_scaled_box(region_w, region_h, RANDOM_BOX_SCALE, RANDOM_BOX_RATIO)
         return [region[0] + x0, region[1] + y0, region[0] + x0 + w, region[1] + y0 + h]
 
+    def _boxes_in_view(self, geometry, boxes, shape, jitter):
+        """Source-frame ``boxes`` (jittered first if ``jitter``) through the view's transforms, clipped to it."""
+        if jitter:
+            boxes = self._jitter(boxes)
+        boxes = geometry.apply_box(boxes)
+        view_h, view_w = shape[:2]
+        return torch.as_tensor(np.clip(boxes, 0, [view_w, view_h, view_w, view_h]), dtype=torch.float32)
+
+    def _finish_pixels(self, pixels, flip, augment, boxes):
+        """Flip, colour, then Cutout in ``boxes`` (the view's, after the flip): a 3 x S x S uint8 tensor."""
+        pixels = augment(np.ascontiguousarray(flip.apply_image(pixels)))
+        if self.cutout_prob > 0 and len(boxes):
+            pixels = self._cutout(pixels, boxes)
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+    def _cutout(self, pixels, boxes):
+        """Official RandomCutoutInBbox (contrast/data/transform_ops.py): for each box, with CUTOUT_PROB, a square of
+        CUTOUT_AREA x the box's area, centred at a random integer point of the box, set to the pixel mean."""
+        pixels = np.array(pixels)  # a copy: the colour ops may return their input
+        view_h, view_w = pixels.shape[:2]
+        for x0, y0, x1, y1 in boxes.tolist():
+            if np.random.rand() >= self.cutout_prob or x1 <= x0 or y1 <= y0:
+                continue
+            half = int(round(np.sqrt(np.random.uniform(*self.cutout_area) * (x1 - x0) * (y1 - y0)))) // 2
+            cx = np.random.randint(int(x0), int(x1) + 1)
+            cy = np.random.randint(int(y0), int(y1) + 1)
+            pixels[max(cy - half, 0):min(cy + half, view_h - 1) + 1,
+                   max(cx - half, 0):min(cx + half, view_w - 1) + 1] = self.cutout_fill
+        return pixels
+
     def _jitter(self, boxes):
-        """SoCo §3.2 box jitter: x += r_x w, y += r_y h, w += r_w w, h += r_h h, applied with BOX_JITTER_PROB."""
+        """SoCo §3.2 box jitter, applied with BOX_JITTER_PROB: w += r_w w, h += r_h h, and x += r_x w, y += r_y h
+        for the box centre (BOX_JITTER_ANCHOR "center") or its top-left corner ("corner", the official code)."""
         if self.jitter_prob == 0 or self.jitter_ratio == 0:
             return boxes
         w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        cx, cy = boxes[:, 0] + w / 2, boxes[:, 1] + h / 2
         r = np.random.uniform(-self.jitter_ratio, self.jitter_ratio, size=(len(boxes), 4))
         r *= (np.random.rand(len(boxes)) < self.jitter_prob)[:, None]
-        cx, cy, w, h = cx + r[:, 0] * w, cy + r[:, 1] * h, w * (1 + r[:, 2]), h * (1 + r[:, 3])
-        return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+        new_w, new_h = w * (1 + r[:, 2]), h * (1 + r[:, 3])
+        if self.jitter_anchor == "corner":
+            x0, y0 = boxes[:, 0] + r[:, 0] * w, boxes[:, 1] + r[:, 1] * h
+            return np.stack([x0, y0, x0 + new_w, y0 + new_h], axis=1)
+        cx, cy = boxes[:, 0] + w / 2 + r[:, 0] * w, boxes[:, 1] + h / 2 + r[:, 1] * h
+        return np.stack([cx - new_w / 2, cy - new_h / 2, cx + new_w / 2, cy + new_h / 2], axis=1)

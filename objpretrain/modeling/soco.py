@@ -1,8 +1,10 @@
 """SoCo: object-level BYOL over selective-search proposals with a detector-shaped network (SoCo §3).
 
 Both meta-architectures take the SoCo mapper's dicts (docs/design.md): per image a list of views (uint8 RGB
-3xSxS; V1 first) and, per view, the same K proposals as XYXY boxes in that view's pixels. They return the
-losses of every view pair (V1, Vj), j in {2, 3, 4}, each symmetrized: L + L~ of §3.3, Eq. 5-6.
+3xSxS; V1 first) and, per view, the same K proposals as XYXY boxes in that view's pixels. A view with its own
+proposals (INPUT.SOCO.OWN_PROPOSAL_VIEWS, the official recipe) comes with V1's boxes for its pair in
+``v1_boxes[name]``; V1 is encoded once with all its boxes. They return the losses of every view pair (V1, Vj),
+j in {2, 3, 4}, each symmetrized: L + L~ of §3.3, Eq. 5-6, weighted per MODEL.SOCO.REPEATED_BOX_WEIGHTING.
 """
 import copy
 from abc import ABCMeta, abstractmethod
@@ -135,6 +137,10 @@ class SoCo(MomentumTargetModel):
         self.momentum_base = soco.MOMENTUM_BASE
         self.momentum_end = soco.MOMENTUM_END
         self.loss = BYOLLoss()
+        self.repeated_box_weighting = soco.REPEATED_BOX_WEIGHTING
+        if self.repeated_box_weighting not in ("rows", "pairs"):
+            raise ValueError(f'MODEL.SOCO.REPEATED_BOX_WEIGHTING must be "rows" or "pairs", got '
+                             f"{self.repeated_box_weighting!r}")
         if len(cfg.MODEL.PIXEL_MEAN) != 3 or len(cfg.MODEL.PIXEL_STD) != 3:
             raise ValueError("SoCo takes RGB views: MODEL.PIXEL_MEAN and MODEL.PIXEL_STD need 3 values")
         self._register_pixel_normalization(cfg)
@@ -142,33 +148,38 @@ class SoCo(MomentumTargetModel):
     def forward(self, batched_inputs):
         """
         Args:
-            batched_inputs: list of SoCo mapper dicts ("views", "boxes", "view_names", "image_id").
+            batched_inputs: list of SoCo mapper dicts ("views", "boxes", "view_names", "image_id"; "box_ids" for
+                REPEATED_BOX_WEIGHTING "pairs"; "v1_boxes" when views have their own proposals).
 
         Returns:
             dict "loss_v1_<view>" -> scalar, for every view other than V1: the symmetrized BYOL loss between
             V1 and that view, averaged over the batch's objects. Their sum is L^SoCo (§3.3).
         """
         view_names = self._check_inputs(batched_inputs)
+        # Views with their own proposals pair with their own block of V1 rows (INPUT.SOCO.OWN_PROPOSAL_VIEWS).
+        own_views = [name for name in view_names if name in batched_inputs[0].get("v1_boxes", {})]
         online_projections, online_predictions, target_projections = {}, {}, {}
         for index, name in enumerate(view_names):
-            images, box_lists = self._prepare_view(batched_inputs, index)
+            images, box_lists = self._prepare_view(batched_inputs, index, own_views if name == "v1" else ())
             online_projections[name] = self.online_network(images, box_lists)
             online_predictions[name] = self.predictor(online_projections[name])
             with torch.no_grad():
                 target_projections[name] = self.target_network(images, box_lists)
         pairs = [name for name in view_names if name != "v1"]
+        v1_rows = self._v1_rows(batched_inputs, len(own_views))
+        block = {name: (1 + own_views.index(name) if name in own_views else 0) for name in pairs}
         if self.training:
             self.health = HealthRecord(
                 embeddings={"projector": online_projections["v1"], "predictor": online_predictions["v1"],
                             "target_projector": target_projections["v1"]},
-                collapse_losses={f"loss_v1_{name}": byol_collapse_loss(target_projections[name],
-                                                                       target_projections["v1"])
-                                 for name in pairs},
+                collapse_losses={f"loss_v1_{name}": byol_collapse_loss(
+                    target_projections[name], target_projections["v1"][v1_rows[block[name]]]) for name in pairs},
             )
         return {
             f"loss_v1_{name}": self.loss(
-                online_predictions["v1"], target_projections[name],
-                online_predictions[name], target_projections["v1"],
+                online_predictions["v1"][v1_rows[block[name]]], target_projections[name],
+                online_predictions[name], target_projections["v1"][v1_rows[block[name]]],
+                self._correspondence(batched_inputs, view_names.index(name)),
             )
             for name in pairs
         }
@@ -177,14 +188,42 @@ class SoCo(MomentumTargetModel):
         """(N, C) pooled res5 of the online bottom-up ResNet for normalized images (view retrieval)."""
         return self.online_network.backbone.bottom_up(images)["res5"].mean(dim=(2, 3))
 
-    def _prepare_view(self, batched_inputs, index):
+    def _prepare_view(self, batched_inputs, index, own_views=()):
+        """The view's normalized, padded images and per-image ``Boxes``; for V1, its boxes then, block after block,
+        its boxes for each of ``own_views``."""
         views = [self.normalize(x["views"][index]) for x in batched_inputs]
         backbone = self.online_network.backbone
         images = ImageList.from_tensors(
             views, backbone.size_divisibility, padding_constraints=backbone.padding_constraints
         )
-        box_lists = [Boxes(x["boxes"][index].to(self.device, non_blocking=True).float()) for x in batched_inputs]
+        box_lists = [
+            Boxes(torch.cat([x["boxes"][index]] + [x["v1_boxes"][name] for name in own_views]).to(
+                self.device, non_blocking=True).float())
+            for x in batched_inputs
+        ]
         return images.tensor, box_lists
+
+    def _v1_rows(self, batched_inputs, num_own_views):
+        """Per block of V1 rows (0: the one shared with V2, then one per own-proposal view) the indices of its rows
+        in V1's embeddings, where each image holds (1 + num_own_views) blocks of its K rows."""
+        blocks = [[] for _ in range(1 + num_own_views)]
+        start = 0
+        for x in batched_inputs:
+            k = int(x["boxes"][0].shape[0])
+            for b, rows in enumerate(blocks):
+                rows.append(torch.arange(start + b * k, start + (b + 1) * k, device=self.device))
+            start += k * len(blocks)
+        return [torch.cat(rows) for rows in blocks]
+
+    def _correspondence(self, batched_inputs, index):
+        """(N, K, K) bool, rows i and j of an image's pair (V1, view ``index``) showing the same proposal, for
+        REPEATED_BOX_WEIGHTING "pairs"; None ("rows": each row with its own counterpart, the mean over rows)."""
+        if self.repeated_box_weighting == "rows":
+            return None
+        if any("box_ids" not in x for x in batched_inputs):
+            raise ValueError('MODEL.SOCO.REPEATED_BOX_WEIGHTING "pairs" needs the mapper\'s "box_ids"')
+        ids = torch.stack([x["box_ids"][index] for x in batched_inputs]).to(self.device)
+        return ids[:, :, None] == ids[:, None, :]
 
     @staticmethod
     def _check_inputs(batched_inputs):
@@ -209,6 +248,12 @@ class SoCo(MomentumTargetModel):
                 )
             if next(iter(counts))[0] == 0:
                 raise ValueError(f"Image {image} has no proposals; the mapper should have skipped it")
+            own = sorted(x.get("v1_boxes", {}))
+            if own != sorted(batched_inputs[0].get("v1_boxes", {})) or not set(own) <= set(view_names[1:]):
+                raise ValueError(f"Image {image}: V1 boxes for views {own}, the batch's views are {view_names} and "
+                                 f"its first image has them for {sorted(batched_inputs[0].get('v1_boxes', {}))}")
+            if {tuple(int(s) for s in x["v1_boxes"][name].shape) for name in own} - counts:
+                raise ValueError(f"Image {image}: its V1 boxes for {own} are not K x 4 like its views' boxes")
         return view_names
 
 
