@@ -42,6 +42,10 @@ def _add_general_config(cfg):
     # What to do with an image that fails to decode in the pretraining loader: "skip" logs and counts it
     # and draws another image; "raise" stops with the file name.
     _C.OBJPRETRAIN.BAD_IMAGE_POLICY = "skip"
+    # The proposal preset (objpretrain.data.proposals.PRESETS) the config's recipe expects, e.g. "soco_official"
+    # for configs/official/*: at start-up each DATASETS.PROPOSAL_FILES_TRAIN file's recorded recipe is compared
+    # with it (one extra read of each file, on rank 0) and a difference is logged as a warning. "": no check.
+    _C.OBJPRETRAIN.PROPOSAL_PRESET = ""
     # What to do when the loss is NaN/Inf: "raise" stops with the batch's image ids, "skip" drops the step.
     _C.OBJPRETRAIN.NONFINITE_LOSS_POLICY = "raise"
     # Iterations between console/JSON/TensorBoard metric writes; each written value is the median over

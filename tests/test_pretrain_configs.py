@@ -13,6 +13,24 @@ from test_soco_model import make_soco_batch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_CONFIGS = ["soco_r50_fpn.yaml", "soco_r50_fpn_400ep.yaml", "soco_star_r50_fpn.yaml", "soco_r50_c4.yaml"]
 DEMO_CONFIGS = ["demo/soco_r18_fpn_demo.yaml", "demo/soco_r18_c4_demo.yaml", "learning/soco_r18_fpn.yaml"]
+# configs/official/<name> -> (the paper's config it departs from, the keys where it does, with their values)
+OFFICIAL_COMMON = {
+    "MODEL.RESNETS.ZERO_INIT_RESIDUAL": True, "MODEL.SOCO.REPEATED_BOX_WEIGHTING": "pairs",
+    "INPUT.SOCO.CROP_FROM": "original", "INPUT.SOCO.PROPOSAL_KEEP_RULE": "any_overlap", "INPUT.SOCO.CROP_TRIES": 5,
+    "INPUT.SOCO.BOX_JITTER_VIEWS": "v1", "INPUT.SOCO.BOX_JITTER_ANCHOR": "corner",
+    "SOLVER.WARMUP_FACTOR": 0.01, "OBJPRETRAIN.PROPOSAL_PRESET": "soco_official",
+}
+CUTOUT = {"INPUT.SOCO.CUTOUT_PROB": 0.5, "INPUT.SOCO.CUTOUT_AREA": (0.1, 0.3)}
+OFFICIAL_CONFIGS = {
+    "official/soco_r50_fpn_100ep.yaml": ("soco_r50_fpn.yaml", {**CUTOUT, "INPUT.SOCO.OWN_PROPOSAL_VIEWS": ("v3",)}),
+    "official/soco_r50_fpn_400ep.yaml": ("soco_r50_fpn_400ep.yaml", {"INPUT.SOCO.OWN_PROPOSAL_VIEWS": ("v3",)}),
+    "official/soco_star_r50_fpn_400ep.yaml": ("soco_star_r50_fpn.yaml", {"INPUT.SOCO.OWN_PROPOSAL_VIEWS": ("v4",)}),
+    "official/soco_r50_c4_100ep.yaml": ("soco_r50_c4.yaml", {**CUTOUT, "INPUT.SOCO.CROP_SCALE": (0.6, 1.0),
+                                                             "INPUT.SOCO.BOX_JITTER_PROB": 0.0}),
+    "official/soco_r50_c4_400ep.yaml": ("soco_r50_c4.yaml", {**CUTOUT, "INPUT.SOCO.CROP_SCALE": (0.6, 1.0),
+                                                             "INPUT.SOCO.BOX_JITTER_PROB": 0.0,
+                                                             "SOLVER.EPOCHS": 400}),
+}
 LEARNING_CONFIGS = sorted(os.path.relpath(p, os.path.join(REPO, "configs"))
                           for p in glob.glob(os.path.join(REPO, "configs", "learning", "*.yaml")))
 
@@ -24,7 +42,61 @@ def load(name, *opts):
 def test_every_soco_config_is_tested_here():
     shipped = {os.path.relpath(p, os.path.join(REPO, "configs"))
                for p in glob.glob(os.path.join(REPO, "configs", "**", "soco*.yaml"), recursive=True)}
-    assert shipped == set(PAPER_CONFIGS + DEMO_CONFIGS)
+    assert shipped == set(PAPER_CONFIGS + DEMO_CONFIGS + list(OFFICIAL_CONFIGS))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["official/soco_r50_fpn_100ep.yaml", "official/soco_star_r50_fpn_400ep.yaml",
+                                  "official/soco_r50_c4_100ep.yaml"])  # the 400-epoch ones: their epochs differ
+def test_official_configs_build_and_train_a_step_on_their_mappers_views(name, tmp_path):
+    """The official recipe end to end through mapper and model: own-proposal views with their V1 boxes, the pair
+    weighting over box ids, Cutout. BatchNorm instead of SyncBN (one CPU process)."""
+    import numpy as np
+    from PIL import Image
+
+    from objpretrain.data.build import build_mapper
+
+    norms = ["MODEL.RESNETS.NORM", "BN", "MODEL.FPN.NORM", "BN", "MODEL.ROI_BOX_HEAD.NORM", "BN",
+             "MODEL.SOCO.HEAD_NORM", "BN", "MODEL.DEVICE", "cpu"]
+    cfg = load(name, *norms)
+    rng = np.random.default_rng(0)
+    path = str(tmp_path / "image.jpg")
+    Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(path)
+    corners = rng.uniform(0, 250, size=(12, 2))
+    proposals = np.concatenate([corners, corners + rng.uniform(40, 150, size=(12, 2))], axis=1).clip(0, 300)
+    mapper = build_mapper(cfg)
+    batch = [mapper({"file_name": path, "image_id": str(i), "height": 300, "width": 400, "proposal_boxes": proposals})
+             for i in range(2)]
+    own = set(cfg.INPUT.SOCO.OWN_PROPOSAL_VIEWS)
+    assert all(set(x.get("v1_boxes", {})) == own for x in batch)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    losses = model(batch)
+    assert sorted(losses) == sorted(f"loss_v1_{v}" for v in batch[0]["view_names"][1:])
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def _flat(cfg, prefix=""):
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_CONFIGS))
+def test_official_configs_differ_from_the_paper_configs_only_in_the_official_keys(name):
+    """Every difference of configs/official/* from the paper's config is one of the official recipe's keys
+    (docs/fidelity.md), with the value of the official script."""
+    paper_name, specific = OFFICIAL_CONFIGS[name]
+    official, paper = _flat(load(name)), _flat(load(paper_name))
+    expected = {**OFFICIAL_COMMON, **specific}
+    differences = {key for key in official if official[key] != paper[key] and key != "OUTPUT_DIR"}
+    assert differences <= set(expected), differences - set(expected)
+    assert {key: official[key] for key in expected} == expected
 
 
 @pytest.mark.parametrize("name", PAPER_CONFIGS)

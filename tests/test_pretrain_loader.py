@@ -57,6 +57,29 @@ def test_dataset_dicts_keep_every_image_and_carry_proposals(loader_cfg, syntheti
         assert d["proposal_boxes"].shape == (6, 4) and d["proposal_bbox_mode"] == BoxMode.XYXY_ABS
 
 
+def test_a_proposal_file_from_another_preset_is_named_in_a_warning(loader_cfg, caplog):
+    """OBJPRETRAIN.PROPOSAL_PRESET: the file's recorded recipe is compared with the preset's."""
+    from objpretrain.data.proposals import get_recipe
+
+    path = loader_cfg.DATASETS.PROPOSAL_FILES_TRAIN[0]
+    loader_cfg.OBJPRETRAIN.PROPOSAL_PRESET = "soco_official"
+    with caplog.at_level("WARNING", logger="objpretrain"):
+        get_pretrain_dataset_dicts(loader_cfg)  # a plain pickle: no recipe recorded
+    assert "records no recipe" in caplog.text and "soco_official" in caplog.text
+    with open(path, "rb") as f:
+        proposals = pickle.load(f)
+    for made_with, warned in (("soco_paper", True), ("soco_official", False)):
+        proposals["metadata"] = {"recipe": get_recipe(made_with).to_dict()}
+        with open(path, "wb") as f:
+            pickle.dump(proposals, f)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="objpretrain"):
+            assert len(get_pretrain_dataset_dicts(loader_cfg)) == 8
+        assert ("not made with preset 'soco_official'" in caplog.text) == warned, made_with
+        if warned:  # names the fields that differ: the segmentation's scale and min_size, the 32 px side filter
+            assert "backend_args" in caplog.text and "filters" in caplog.text
+
+
 def test_loader_yields_batches_of_the_configured_size(loader_cfg):
     loader = build_pretrain_loader(loader_cfg)
     for batch in itertools.islice(loader, 3):

@@ -65,6 +65,15 @@ def get_pretrain_dataset_dicts(cfg):
             f"cfg.DATASETS.PROPOSAL_FILES_TRAIN has {len(proposal_files)} files for {len(names)} datasets "
             f"in cfg.DATASETS.TRAIN ({names}); give one proposal file per dataset, in the same order"
         )
+    if proposal_files and cfg.OBJPRETRAIN.PROPOSAL_PRESET and comm.is_main_process():
+        from .proposals import recipe_mismatch  # the proposal package imports the backends (OpenCV, skimage)
+
+        for path in proposal_files:
+            mismatch = recipe_mismatch(path, cfg.OBJPRETRAIN.PROPOSAL_PRESET)
+            if mismatch:
+                logger.warning("%s. OBJPRETRAIN.PROPOSAL_PRESET says this config's recipe expects that preset: "
+                               "`tools/generate_proposals.py --method %s` makes it (docs/proposals.md).",
+                               mismatch, cfg.OBJPRETRAIN.PROPOSAL_PRESET)
     try:
         return get_detection_dataset_dicts(names, filter_empty=False, proposal_files=proposal_files)
     except KeyError as error:

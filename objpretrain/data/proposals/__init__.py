@@ -26,7 +26,7 @@ from .inputs import parse_shard, resolve_inputs, shard_slice
 from .job import process_image, run_proposal_job
 from .summary import format_summary, merge_summaries
 from .journal import JournalMismatchError, ProposalJournal
-from .presets import BACKEND_DEFAULT_PRESET, DEFAULT_METHOD, PRESETS, ProposalRecipe, get_recipe
+from .presets import BACKEND_DEFAULT_PRESET, DEFAULT_METHOD, PRESETS, ProposalRecipe, get_recipe, recipe_mismatch
 
 __all__ = [
     "BACKEND_DEFAULT_PRESET",
@@ -48,6 +48,7 @@ __all__ = [
     "filter_proposals",
     "format_summary",
     "get_recipe",
+    "recipe_mismatch",
     "import_soco_json",
     "load_proposal_file",
     "merge_proposal_files",

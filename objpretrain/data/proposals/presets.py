@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .backends import PROPOSAL_BACKENDS, build_proposal_backend
+from .files import load_proposal_file
 from .filters import FilterSettings
 
-__all__ = ["ProposalRecipe", "PRESETS", "BACKEND_DEFAULT_PRESET", "DEFAULT_METHOD", "get_recipe"]
+__all__ = ["ProposalRecipe", "PRESETS", "BACKEND_DEFAULT_PRESET", "DEFAULT_METHOD", "get_recipe", "recipe_mismatch"]
 
 
 @dataclass(frozen=True)
@@ -102,3 +103,17 @@ def get_recipe(method=DEFAULT_METHOD):
             f"unknown proposal method {method!r}; presets: {sorted(PRESETS)}, backends: {sorted(PROPOSAL_BACKENDS)}"
         )
     return PRESETS[name]
+
+
+def recipe_mismatch(path, preset):
+    """None when the proposal file ``path`` records the recipe of ``preset``; else a sentence that names the fields
+    that differ, or says that the file records no recipe (not written by tools/generate_proposals.py)."""
+    expected = get_recipe(preset).to_dict()
+    recorded = (load_proposal_file(path).get("metadata") or {}).get("recipe")
+    if recorded is None:
+        return f"proposal file {path} records no recipe, so it cannot be checked against preset {preset!r}"
+    differences = [f"{key} {recorded.get(key)!r} (preset: {value!r})" for key, value in expected.items()
+                   if recorded.get(key) != value]
+    if not differences:
+        return None
+    return f"proposal file {path} was not made with preset {preset!r}: " + "; ".join(differences)
