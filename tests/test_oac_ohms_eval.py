@@ -145,6 +145,54 @@ def test_average_precision_hand_examples():
     assert metrics.top1_accuracy([[0.1, 0.9], [0.8, 0.2]], [1, 1]) == 0.5
 
 
+def test_batch_averaged_map_is_the_released_scripts_definition():
+    """metrics.batch_mean_average_precision: per batch of 2, each class's mean precision at its positives, the mean
+    over the classes with a positive in the batch, then the size-weighted mean over batches."""
+    scores = np.array([[0.9, 0.2], [0.1, 0.8], [0.3, 0.5], [0.7, 0.4]])
+    labels = np.array([[0, 1], [1, 1], [1, 0], [0, 0]])
+    # batch 1: class 0 ranks its positive 2nd (1/2), class 1 both positives first (1) -> 0.75; batch 2: class 0
+    # ranks its positive 2nd (1/2), class 1 has none -> 0.5; (0.75 * 2 + 0.5 * 2) / 4
+    assert metrics.batch_mean_average_precision(scores, labels, batch_size=2) == pytest.approx(0.625)
+    # one batch holding every image, no tied scores: the whole-set mAP
+    assert metrics.batch_mean_average_precision(scores, labels, batch_size=4) == pytest.approx(
+        metrics.mean_average_precision(scores, labels)[0])
+    with pytest.raises(ValueError, match="no class"):
+        metrics.batch_mean_average_precision(scores, np.zeros_like(labels))
+
+
+def test_official_protocol_trains_on_fresh_crops_and_leaves_the_backbone_alone(linear_eval, synthetic_coco,
+                                                                               tmp_path, monkeypatch):
+    """--protocol official: SGD lr 30 with its steps, the checkpoint's BatchNorm statistics (the ResNet is not
+    changed), a random crop per image and epoch, and both mAPs."""
+    from objpretrain.evaluation import official_linear_eval
+
+    crops, built = [], []
+    original = official_linear_eval._AugmentedImages.__getitem__
+
+    def recording(self, index):
+        item = original(self, index)
+        crops.append(item[0])
+        return item
+
+    def build_and_keep(*args, **kwargs):
+        backbone = frozen_features.build_frozen_backbone(*args, **kwargs)
+        built.append((backbone, {k: v.clone() for k, v in backbone.state_dict().items()}))
+        return backbone
+
+    monkeypatch.setattr(official_linear_eval._AugmentedImages, "__getitem__", recording)
+    monkeypatch.setattr(linear_eval, "build_frozen_backbone", build_and_keep)
+    result = linear_eval.main(_probe_args(synthetic_coco, tmp_path, "--protocol", "official", "--epochs", "3",
+                                          "--crop", "48", "--probe-batch-size", "4"))
+    assert result["protocol"] == "official" and result["lr"] == 30.0 and result["lr_steps"] == [2, 2]
+    assert result["bn_stats"] == "checkpoint" and 0 <= result["batch_mAP"] <= 1 and 0 <= result["mAP"] <= 1
+    assert len(crops) == 3 * result["num_train"] and all(tuple(c.shape) == (3, 48, 48) for c in crops)
+    assert not all(torch.equal(crops[0], c) for c in crops[result["num_train"]::result["num_train"]])
+    backbone, state = built[0]
+    assert all(torch.equal(value, state[key]) for key, value in backbone.state_dict().items())
+    with pytest.raises(ValueError, match="official"):
+        linear_eval.main(_probe_args(synthetic_coco, tmp_path, "--protocol", "official", "--task", "objects"))
+
+
 def test_linear_eval_end_to_end_on_cpu(linear_eval, synthetic_coco, tmp_path):
     cfg = get_pretrain_cfg(os.path.join(REPO, "configs", "demo", "oac_moco_r18_demo.yaml"))
     model = build_model(cfg)

@@ -62,8 +62,12 @@ class ProbeSettings:
     seed: int = 0  # of the random init and of the probe
     device: str = "cpu"
     cache_dir: Optional[str] = None
+    protocol: str = "ours"  # or "official": OAC's released main_lincls.py (official_linear_eval.py)
+    workers: int = 0  # data-loading processes of the official protocol
 
     def __post_init__(self):
+        if self.protocol not in ("ours", "official"):
+            raise ValueError(f"protocol must be 'ours' or 'official', got {self.protocol!r}")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.bn_stats not in ("reestimate", "checkpoint"):

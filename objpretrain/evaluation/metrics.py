@@ -2,7 +2,8 @@
 import numpy as np
 from sklearn.metrics import average_precision_score
 
-__all__ = ["average_precision", "chance_top1", "mean_average_precision", "top1_accuracy"]
+__all__ = ["average_precision", "batch_mean_average_precision", "chance_top1", "mean_average_precision",
+           "top1_accuracy"]
 
 
 def average_precision(scores, labels):
@@ -41,3 +42,32 @@ def chance_top1(labels):
     """Top-1 of always predicting the majority class of the (N,) integer labels."""
     labels = np.asarray(labels)
     return float(np.bincount(labels).max() / len(labels))
+
+
+def batch_mean_average_precision(scores, labels, batch_size=256):
+    """The mAP the released OAC linear evaluation reports (``map`` and ``validate`` in shlokk/object-cropping-ssl's
+    main_lincls.py): the test set in consecutive batches of ``batch_size``; in each batch, per class with a positive
+    in it, the mean of the precision at each positive in the order of decreasing score; the batch's mAP the mean
+    over those classes; the result the mean of the batches' mAPs weighted by their sizes. It is not the mAP over
+    the whole set (:func:`mean_average_precision`): a class is scored only within batches, where it has fewer
+    negatives to rank above its positives. A batch without any positive (NaN in the official code) is left out.
+
+    Args:
+        scores, labels: (N, C); labels in {0, 1}.
+    """
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels) > 0.5
+    total, weight = 0.0, 0
+    for start in range(0, len(scores), batch_size):
+        batch_scores, batch_labels = scores[start:start + batch_size], labels[start:start + batch_size]
+        aps = []
+        for c in range(scores.shape[1]):
+            positive = batch_labels[np.argsort(-batch_scores[:, c], kind="stable"), c]
+            if positive.any():
+                precision = np.cumsum(positive) / np.arange(1, len(positive) + 1)
+                aps.append(precision[positive].mean())
+        if aps:
+            total += np.mean(aps) * len(batch_scores)
+            weight += len(batch_scores)
+    if weight == 0:
+        raise ValueError("no class has a positive example in the evaluation set")
+    return float(total / weight)
