@@ -1,5 +1,6 @@
 """OAC meta-architectures and losses (objpretrain.modeling.oac, objpretrain.modeling.losses.{infonce,
 dense_contrastive,rotation,localization}) and their transfer through the checkpoint converter."""
+import glob
 import math
 import os
 
@@ -377,3 +378,29 @@ def test_converted_oac_checkpoint_loads_into_c4_and_fpn_finetune_configs(tmp_pat
                                    state["online_network.backbone.res2.0.conv1.weight"])
         res5 = "backbone.bottom_up.res5.0.conv1.weight" if target == "d2-fpn" else "roi_heads.res5.0.conv1.weight"
         torch.testing.assert_close(detector.state_dict()[res5], state["online_network.backbone.res5.0.conv1.weight"])
+
+
+# ------------------------------------------------------------------------------------------ shipped configs
+OAC_CONFIGS = sorted(os.path.relpath(p, os.path.join(REPO, "configs")) for pattern in ("oac/*.yaml", "official/densecl*")
+                     for p in glob.glob(os.path.join(REPO, "configs", pattern)))
+
+
+@pytest.mark.parametrize("name", OAC_CONFIGS)
+def test_every_oac_config_loads_and_builds_its_model(name):
+    """Each config's keys exist and its model builds (at ResNet-18 and a short queue, to stay fast)."""
+    cfg = get_pretrain_cfg(os.path.join(REPO, "configs", name),
+                           ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
+                            "MODEL.OAC.QUEUE_SIZE", 16])
+    model = build_model(cfg)
+    assert type(model).__name__ == cfg.MODEL.META_ARCHITECTURE
+
+
+def test_official_densecl_config_is_the_densecl_coco_recipe():
+    """configs/official/densecl_r50_coco_800ep.yaml: the scene DenseCL with WXinlong/DenseCL's COCO schedule."""
+    official = get_pretrain_cfg(os.path.join(REPO, "configs", "official", "densecl_r50_coco_800ep.yaml"))
+    scene = get_pretrain_cfg(os.path.join(REPO, "configs", "oac", "densecl_r50_scene.yaml"))
+    assert (official.SOLVER.BASE_LR, official.SOLVER.EPOCHS, official.SOLVER.IMS_PER_BATCH) == (0.3, 800, 256)
+    assert tuple(official.DATASETS.TRAIN) == ("coco_2017_train",) and official.INPUT.OAC.CROP_MODE == "scene"
+    assert (official.MODEL.OAC.TEMPERATURE, official.MODEL.OAC.DENSE_LOSS_WEIGHT, official.SOLVER.WEIGHT_DECAY) == (
+        0.2, 0.5, 1e-4)
+    assert official.MODEL == scene.MODEL and official.INPUT == scene.INPUT

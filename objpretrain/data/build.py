@@ -108,7 +108,7 @@ def build_pretrain_loader(cfg):
     With ``cfg.SEED < 0`` a random seed is drawn (the same on every rank) and kept in the trainer's checkpoints.
     """
     dataset = get_pretrain_dataset_dicts(cfg)
-    if not cfg.DATASETS.PROPOSAL_FILES_TRAIN:
+    if not cfg.DATASETS.PROPOSAL_FILES_TRAIN and cfg.OBJPRETRAIN.MAPPER == "soco":
         logger.warning(
             "cfg.DATASETS.PROPOSAL_FILES_TRAIN is empty: no image has proposals (the SoCo mapper then pads "
             "every image per INPUT.SOCO.FALLBACK=%r)", cfg.INPUT.SOCO.FALLBACK,
