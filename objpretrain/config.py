@@ -223,6 +223,15 @@ def _add_oac_config(cfg):
     _C.INPUT.OAC.HFLIP_PROB = 0.5
     # Use ground-truth boxes of the dataset as "proposals" (OAC Table 4 ablation).
     _C.INPUT.OAC.USE_GT_BOXES = False
+    # The items of an epoch: False, one per image with a random one of its boxes each time (§4.1); True, one per box
+    # (of the MAX_PROPOSALS proposals, or of the ground-truth boxes), always cropped around that box, as the
+    # released OpenImages loader (datasets/openimages_dataset_bing.py: an entry per annotated box), so an epoch
+    # visits an image once per box and SOLVER.EPOCHS counts boxes.
+    _C.INPUT.OAC.ITEM_PER_BOX = False
+    # Probability that the two crops trade places (view 1 the dilated crop, view 2 the object crop): the released
+    # loader returns them in random order (p 0.5), so each of the separate heads sees both kinds; 0 keeps view 1
+    # the object crop (§4.1), which the pretext losses need.
+    _C.INPUT.OAC.SWAP_VIEWS_PROB = 0.0
     # Rotation pretext task (§4.2.1): angles the object crop may be rotated by.
     _C.INPUT.OAC.ROTATIONS = [0, 90, 180, 270]
     # Localization pretext task (§4.2.2): the whole image is split into p x p patches.

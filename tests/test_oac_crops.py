@@ -255,6 +255,42 @@ def test_ground_truth_boxes_replace_proposals(coordinate_image):
     np.testing.assert_array_equal(mapper.candidate_boxes(record, H, W), [[10, 20, 40, 60]])
 
 
+def test_one_item_per_box_crops_each_item_around_its_own_box(coordinate_image):
+    """INPUT.OAC.ITEM_PER_BOX (the released loader): an image with three boxes is three items, each always cropped
+    inside its box; an image without boxes stays one item; off, the dicts are the items."""
+    boxes = np.array([[0, 0, 40, 30], [64, 48, 112, 80], [10, 60, 50, 90]], np.float32)
+    records = [_record(coordinate_image, boxes), _record(coordinate_image, np.zeros((0, 4)))]
+    mapper = OACMapper(_geometry_only(CROP_MODE="obj-obj", ITEM_PER_BOX=True))
+    items = mapper.dataset_items(records)
+    assert len(items) == 4 and "oac_box" not in items[3] and "oac_box" not in records[0]
+    for item, box in zip(items, boxes):
+        np.testing.assert_array_equal(item["oac_box"], box)
+        for seed in range(3):
+            np.random.seed(seed)
+            red = mapper(item)["view1"][0].float().numpy() / 255 * W  # original x of every view-1 pixel
+            assert red.min() >= box[0] - 2 and red.max() <= box[2] + 2
+    assert OACMapper(_cfg(CROP_MODE="obj-obj")).dataset_items(records) is records
+
+
+def test_swapped_views_trade_the_object_and_the_dilated_crop(coordinate_image):
+    """INPUT.OAC.SWAP_VIEWS_PROB 1: view 1 is the dilated crop, which reaches outside the box; refused with a pretext
+    loss, which needs view 1 to be the object crop."""
+    box = np.array([64, 48, 80, 64], np.float32)
+    record = _record(coordinate_image, [box])
+    outside = []
+    for swap in (0.0, 1.0):
+        mapper = OACMapper(_geometry_only(CROP_MODE="obj-obj+dilate", DILATION=0.3, SWAP_VIEWS_PROB=swap,
+                                          DILATED_CROP_SCALE_MIN=1.0))
+        np.random.seed(0)
+        red = mapper(record)["view1"][0].float().numpy() / 255 * W
+        outside.append(red.min() < box[0] - 4 or red.max() > box[2] + 4)
+    assert outside == [False, True]
+    cfg = _cfg(SWAP_VIEWS_PROB=0.5)
+    cfg.MODEL.OAC.LAMBDA_ROT = 1.0
+    with pytest.raises(ValueError, match="SWAP_VIEWS_PROB"):
+        OACMapper(cfg)
+
+
 def test_image_without_proposals_falls_back_to_scene_crops_and_is_counted(coordinate_image):
     mapper = OACMapper(_cfg(CROP_MODE="obj-obj+dilate"))
     # Empty, and degenerate / non-finite boxes only.

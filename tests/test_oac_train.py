@@ -75,3 +75,19 @@ def test_demo_configs_train_and_their_checkpoint_converts(config, losses, oac_da
     conversion, _ = convert_checkpoint(str(checkpoint), str(tmp_path / "backbone.pkl"), "d2-backbone")
     assert "res5.1.conv2.weight" in conversion.state_dict and "stem.conv1.weight" in conversion.state_dict
     assert not any(k.startswith(("projector", "queues", "rotation", "localization")) for k in conversion.state_dict)
+
+
+def test_epochs_count_boxes_with_one_item_per_box(oac_dataset, tmp_path):
+    """INPUT.OAC.ITEM_PER_BOX: the loader's items are the boxes, and SOLVER.EPOCHS converts with their number."""
+    name, proposal_file, _ = oac_dataset
+    with open(proposal_file, "rb") as f:
+        num_boxes = sum(min(len(b), 10) for b in pickle.load(f)["boxes"])
+    assert num_boxes > 16
+    for per_box, items in ((False, 16), (True, num_boxes)):
+        cfg = get_pretrain_cfg(os.path.join(REPO, "configs", "demo", "oac_moco_r18_demo.yaml"), [
+            "DATASETS.TRAIN", f"('{name}',)", "DATASETS.PROPOSAL_FILES_TRAIN", f"('{proposal_file}',)",
+            "SOLVER.EPOCHS", "2", "SOLVER.WARMUP_EPOCHS", "0", "SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS",
+            "0", "MODEL.OAC.LAMBDA_ROT", "0.0", "MODEL.OAC.LAMBDA_LOC", "0.0", "INPUT.OAC.ITEM_PER_BOX", str(per_box),
+            "INPUT.OAC.CROP_MODE", "obj-obj+dilate", "OUTPUT_DIR", str(tmp_path / str(per_box))])
+        trainer = PretrainTrainer(cfg)
+        assert trainer.data_loader.num_items == items and trainer.max_iter == -(-2 * items // 4), per_box

@@ -113,7 +113,10 @@ def build_pretrain_loader(cfg):
             "cfg.DATASETS.PROPOSAL_FILES_TRAIN is empty: no image has proposals (the SoCo mapper then pads "
             "every image per INPUT.SOCO.FALLBACK=%r)", cfg.INPUT.SOCO.FALLBACK,
         )
-    return build_resumable_loader(cfg, dataset, build_mapper(cfg, is_train=True), aspect_ratio_grouping=False)
+    mapper = build_mapper(cfg, is_train=True)
+    # A mapper may define the items of an epoch (the OAC mapper with INPUT.OAC.ITEM_PER_BOX: one per box).
+    items = mapper.dataset_items(dataset) if hasattr(mapper, "dataset_items") else dataset
+    return build_resumable_loader(cfg, items, mapper, aspect_ratio_grouping=False)
 
 
 def build_resumable_detection_train_loader(cfg, mapper=None):
@@ -158,4 +161,5 @@ def build_resumable_loader(cfg, dataset, mapper, aspect_ratio_grouping):
         pin_memory=cfg.MODEL.DEVICE.startswith("cuda"),
     )
     loader.resumable_sampler = sampler
+    loader.num_items = len(dataset)  # what SOLVER.EPOCHS counts
     return loader

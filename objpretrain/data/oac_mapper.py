@@ -76,6 +76,13 @@ class OACMapper:
             raise ValueError(
                 f"OBJPRETRAIN.BAD_IMAGE_POLICY must be 'skip' or 'raise', got {cfg.OBJPRETRAIN.BAD_IMAGE_POLICY!r}"
             )
+        self.swap_views_prob = float(oac.SWAP_VIEWS_PROB)
+        if not 0 <= self.swap_views_prob <= 1:
+            raise ValueError(f"INPUT.OAC.SWAP_VIEWS_PROB must be a probability, got {self.swap_views_prob}")
+        if self.swap_views_prob > 0 and (cfg.MODEL.OAC.LAMBDA_ROT > 0 or cfg.MODEL.OAC.LAMBDA_LOC > 0):
+            raise ValueError("INPUT.OAC.SWAP_VIEWS_PROB > 0 with a pretext loss: rotation and localization need view 1 "
+                             "to be the object crop; set SWAP_VIEWS_PROB 0 or MODEL.OAC.LAMBDA_ROT/LAMBDA_LOC 0")
+        self.item_per_box = bool(oac.ITEM_PER_BOX)
         self.is_train = is_train
         self.crop_mode = oac.CROP_MODE
         self.dilation = float(oac.DILATION)
@@ -128,15 +135,36 @@ class OACMapper:
         )
 
     # ---------------------------------------------------------------- boxes and crops
+    def dataset_items(self, dataset_dicts):
+        """The items of an epoch (``build_pretrain_loader`` asks the mapper): the dicts, or with INPUT.OAC.ITEM_PER_BOX
+        one shallow copy per box, each with its box in ``"oac_box"`` (XYXY_ABS); an image without boxes stays one
+        item (its crops fall back to scene crops)."""
+        if not self.item_per_box or self.crop_mode == "scene":
+            return dataset_dicts
+        items = []
+        for d in dataset_dicts:
+            boxes = source_boxes(d, self.max_proposals, self.use_gt_boxes) if (
+                self.use_gt_boxes or "proposal_boxes" in d) else np.zeros((0, 4))
+            items.extend([{**d, "oac_box": box} for box in boxes] or [d])
+        logger.info("OAC: one item per box: %d items from %d images", len(items), len(dataset_dicts))
+        return items
+
     def candidate_boxes(self, dataset_dict, height, width):
-        """The boxes one is drawn from: XYXY_ABS float32 K x 4, clipped, at least 1 px wide and high."""
+        """The boxes one is drawn from: XYXY_ABS float32 K x 4, clipped, at least 1 px wide and high (the item's own
+        box alone with INPUT.OAC.ITEM_PER_BOX)."""
+        if "oac_box" in dataset_dict:
+            return self._valid_boxes(np.asarray(dataset_dict["oac_box"], dtype=np.float32).reshape(1, 4), height, width)
         if not self.use_gt_boxes and "proposal_boxes" not in dataset_dict:
             raise KeyError(
                 f"{dataset_dict.get('file_name')}: no 'proposal_boxes' in the dataset dict, but INPUT.OAC."
                 f"CROP_MODE={self.crop_mode!r} needs proposals; set DATASETS.PROPOSAL_FILES_TRAIN (or "
                 f"INPUT.OAC.USE_GT_BOXES True, or CROP_MODE 'scene')"
             )
-        boxes = source_boxes(dataset_dict, self.max_proposals, self.use_gt_boxes).astype(np.float32)
+        return self._valid_boxes(source_boxes(dataset_dict, self.max_proposals, self.use_gt_boxes).astype(np.float32),
+                                 height, width)
+
+    @staticmethod
+    def _valid_boxes(boxes, height, width):
         boxes = boxes[np.isfinite(boxes).all(axis=1)]
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
@@ -250,6 +278,8 @@ class OACMapper:
             "view2": self._render(image, orig_size, crop2, rng),
             "rotation_label": int(rng.integers(self.num_rotations)),
         }
+        if self.swap_views_prob > 0 and rng.random() < self.swap_views_prob:
+            output["view1"], output["view2"] = output["view2"], output["view1"]
         if self.with_localization:
             output["whole_image"], output["loc_target"] = self._render_whole_image(image, orig_size, crop1, rng)
         return output

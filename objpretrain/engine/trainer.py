@@ -277,12 +277,13 @@ class PretrainTrainer(ResumableDataStreamMixin, DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        cfg = resolve_schedule(cfg)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        data_loader = self.build_train_loader(cfg)
+        # Epochs count the loader's items: images, or boxes with INPUT.OAC.ITEM_PER_BOX.
+        cfg = resolve_schedule(cfg, num_images=getattr(data_loader, "num_items", None))
 
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, broadcast_buffers=False)
         step_trainer = PretrainAMPTrainer if cfg.SOLVER.AMP.ENABLED else PretrainSimpleTrainer
         self._trainer = step_trainer(model, data_loader, optimizer, cfg.OBJPRETRAIN.NONFINITE_LOSS_POLICY)
