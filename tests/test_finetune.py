@@ -178,3 +178,23 @@ def test_finetune_from_converted_demo_checkpoint(synthetic_coco, tmp_path):
          "MODEL.WEIGHTS", os.path.join(output_dir, "model_final.pth")] + opts)
     evaluation = train_net.main(args)
     assert evaluation["bbox"]["AP"] == pytest.approx(results["bbox"]["AP"], abs=1e-6)
+
+
+@pytest.mark.parametrize("name, max_iter, weight_decay", [("mask_rcnn_R_50_FPN_1x_lvis.yaml", 180000, 1e-4),
+                                                          ("mask_rcnn_R_50_FPN_soco_star_lvis.yaml", 90000, 2.5e-5)])
+def test_lvis_configs_are_the_official_recipes_and_build(name, max_iter, weight_decay):
+    """The official SoCo LVIS configs (detectron2_configs/LVIS_R_50_FPN_1x.yaml, SoCo_FPN_Star_400ep_lvis.yaml): LVIS
+    v1 with its 1203 classes, repeat-factor sampling, 300 detections; Detectron2's builtin lvis_v1_val is an "lvis"
+    set, which train_net evaluates with LVISEvaluator."""
+    from detectron2.modeling import build_model
+
+    cfg = get_pretrain_cfg(os.path.join(REPO, "configs", "finetune", name),
+                           ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.NORM", "BN", "MODEL.FPN.NORM", "BN",
+                            "MODEL.ROI_BOX_HEAD.NORM", "BN", "MODEL.ROI_MASK_HEAD.NORM", "BN"])
+    assert tuple(cfg.DATASETS.TRAIN) == ("lvis_v1_train",) and tuple(cfg.DATASETS.TEST) == ("lvis_v1_val",)
+    assert (cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.TEST.DETECTIONS_PER_IMAGE, cfg.DATALOADER.SAMPLER_TRAIN,
+            cfg.DATALOADER.REPEAT_THRESHOLD) == (1203, 300, "RepeatFactorTrainingSampler", 0.001)
+    assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.WEIGHT_DECAY, cfg.MODEL.MASK_ON) == (max_iter, weight_decay, True)
+    assert MetadataCatalog.get("lvis_v1_val").evaluator_type == "lvis"
+    model = build_model(cfg)
+    assert model.roi_heads.box_predictor.cls_score.out_features == 1204

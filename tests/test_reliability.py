@@ -252,6 +252,33 @@ def test_sampler_starts_at_any_position_of_the_same_stream_on_every_rank():
         ResumableTrainingSampler(5, seed=7, start=3, rank=0, world_size=2)
 
 
+def test_repeat_factor_stream_repeats_images_as_detectron2_and_resumes_at_any_position():
+    """repeat_factors (LVIS's RepeatFactorTrainingSampler): image i appears floor(r_i) or ceil(r_i) times per epoch,
+    r_i on average; the epochs differ in length; a start anywhere continues the same stream, on every rank."""
+    factors = [1.0, 1.0, 2.0, 3.5, 1.25]
+
+    def take(sampler, n):
+        stream = iter(sampler)
+        return [next(stream) for _ in range(n)]
+
+    sampler = ResumableTrainingSampler(5, seed=7, rank=0, world_size=1, repeat_factors=factors)
+    epochs = [sampler.epoch_order(e) for e in range(400)]
+    counts = np.array([np.bincount(order, minlength=5) for order in epochs])
+    assert (counts[:, :3] == [1, 1, 2]).all() and set(counts[:, 3]) == {3, 4} and set(counts[:, 4]) == {1, 2}
+    np.testing.assert_allclose(counts.mean(axis=0), factors, atol=0.1)
+    assert len({len(order) for order in epochs}) > 1
+    whole = take(sampler, 60)
+    assert [i for _, _, i in whole[:len(epochs[0])]] == epochs[0]
+    for start in (9, 10, 33):
+        assert take(ResumableTrainingSampler(5, seed=7, start=start, rank=0, world_size=1, repeat_factors=factors),
+                    60 - start) == whole[start:]
+    for rank in (0, 1):
+        assert take(ResumableTrainingSampler(5, seed=7, start=10, rank=rank, world_size=2, repeat_factors=factors),
+                    20) == whole[10 + rank:50:2]
+    with pytest.raises(ValueError, match="repeat_factors"):
+        ResumableTrainingSampler(5, seed=7, repeat_factors=[1.0, 0.5, 1.0, 1.0, 1.0])
+
+
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_aspect_ratio_grouping_resumes_with_the_batches_of_an_uninterrupted_stream(world_size):
     from objpretrain.data.samplers import AspectRatioGroupedSampler
@@ -544,3 +571,25 @@ def test_finetune_rejects_truncated_weights_and_unknown_keys_by_name(finetune_se
     else:
         result = _train_net(finetune_set, tmp_path / "run", "SOLVER.MAX_ITERS", "4")
         assert result.returncode != 0 and "SOLVER.MAX_ITERS" in result.log, result.log[-2000:]
+
+
+def test_finetune_loader_takes_detectron2_repeat_factors_for_the_repeat_factor_sampler(synthetic_coco):
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.samplers import RepeatFactorTrainingSampler
+
+    from objpretrain.config import get_pretrain_cfg
+    from objpretrain.data.build import build_resumable_detection_train_loader
+
+    cfg = get_pretrain_cfg(opts=["DATASETS.TRAIN", f"('{synthetic_coco['name']}',)", "DATALOADER.NUM_WORKERS", "0",
+                                 "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler",
+                                 "DATALOADER.REPEAT_THRESHOLD", "1.0", "INPUT.MIN_SIZE_TRAIN", "(64,)",
+                                 "DATALOADER.ASPECT_RATIO_GROUPING", "False"])
+    loader = build_resumable_detection_train_loader(cfg)
+    whole, fraction = loader.resumable_sampler._repeat_factors
+    expected = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+        DatasetCatalog.get(synthetic_coco["name"]), 1.0)
+    assert torch.allclose(whole + fraction, expected) and (expected > 1).any()
+    assert len(next(iter(loader))) == 2
+    cfg.DATALOADER.SAMPLER_TRAIN = "RandomSubsetTrainingSampler"
+    with pytest.raises(ValueError, match="RandomSubsetTrainingSampler"):
+        build_resumable_detection_train_loader(cfg)

@@ -17,6 +17,7 @@ SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['pur
 
 pip_install -r requirements/torch.txt
 pip_install -r requirements/base.txt
+pip_install --no-deps -r requirements/lvis.txt
 if ! "$VENV/bin/python" -c "import importlib.metadata as m; assert m.version('sal-detectron2') == '0.7.2'" 2>/dev/null; then
     pip_install --no-deps --upgrade --python-version 3.10 --only-binary=:all: --target "$SITE" -r requirements/detectron2.txt
 fi

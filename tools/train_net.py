@@ -2,7 +2,7 @@
 """Finetunes and evaluates a Detectron2 detector from a converted pretraining checkpoint (docs/transfer.md).
 
 Detectron2's DefaultTrainer, as MoCo's detection/train_net.py, plus: the evaluator follows the test set's
-``evaluator_type`` (COCOEvaluator with bbox, and segm when MASK_ON; PascalVOCDetectionEvaluator), and
+``evaluator_type`` (COCOEvaluator with bbox, and segm when MASK_ON; PascalVOCDetectionEvaluator; LVISEvaluator), and
 COCO-json sets register from the command line (``--register-coco name:json:image_root``, repeatable) or
 from DATASETS.COCO_JSON_REGISTER. PreciseBN runs where the config enables TEST.PRECISE_BN.
 
@@ -16,7 +16,7 @@ import objpretrain  # noqa: F401,I001  (first: registers components and silences
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
-from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator, verify_results
+from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -24,26 +24,12 @@ from objpretrain.config import add_objpretrain_config
 from objpretrain.data.build import build_resumable_detection_train_loader
 from objpretrain.data.datasets import register_datasets_from_cfg
 from objpretrain.engine.checkpoint import AtomicDetectionCheckpointer
+from objpretrain.evaluation.detection import build_detection_evaluator
 from objpretrain.engine.distributed import install as install_device_ddp
 from objpretrain.engine.preflight import check_runnable, exit_on_config_error
 from objpretrain.engine.resumable import ResumableDataStreamMixin
 
 logger = logging.getLogger("objpretrain.train_net")
-
-
-def build_evaluator(cfg, dataset_name, output_folder=None):
-    """The evaluator of ``dataset_name``'s MetadataCatalog ``evaluator_type``: "coco" or "pascal_voc"."""
-    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
-    if evaluator_type == "coco":
-        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
-    if evaluator_type == "pascal_voc":
-        return PascalVOCDetectionEvaluator(dataset_name)
-    raise ValueError(
-        f"Dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; train_net evaluates 'coco' and "
-        "'pascal_voc' sets (register other COCO-format sets with --register-coco name:json:image_root)"
-    )
 
 
 class Trainer(ResumableDataStreamMixin, DefaultTrainer):
@@ -70,7 +56,7 @@ class Trainer(ResumableDataStreamMixin, DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        return build_evaluator(cfg, dataset_name, output_folder)
+        return build_detection_evaluator(cfg, dataset_name, output_folder)
 
 
 def build_config(args):

@@ -10,6 +10,7 @@ import pickle
 
 from detectron2.data import DatasetCatalog, DatasetMapper, build_batch_data_loader, get_detection_dataset_dicts
 from detectron2.data.common import ToIterableDataset
+from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.registry import Registry
@@ -123,10 +124,10 @@ def build_resumable_detection_train_loader(cfg, mapper=None):
     """Detectron2's ``build_detection_train_loader(cfg)`` for fine-tuning (same dataset dicts, DatasetMapper,
     shuffling and aspect-ratio grouping), made exactly resumable as the pretraining loader is: a run resumed
     with ``--resume`` continues the data stream where the checkpoint left it, instead of restarting it."""
-    if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+    if cfg.DATALOADER.SAMPLER_TRAIN not in ("TrainingSampler", "RepeatFactorTrainingSampler"):
         raise ValueError(
             f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN!r}: the resumable fine-tuning loader "
-            "implements Detectron2's TrainingSampler (uniform shuffling) only"
+            "implements Detectron2's TrainingSampler and RepeatFactorTrainingSampler (LVIS)"
         )
     dataset = get_detection_dataset_dicts(
         cfg.DATASETS.TRAIN,
@@ -135,13 +136,20 @@ def build_resumable_detection_train_loader(cfg, mapper=None):
         proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
     )
     mapper = mapper if mapper is not None else DatasetMapper(cfg, True)
-    return build_resumable_loader(cfg, dataset, mapper, aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING)
+    repeat_factors = None
+    if cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler":
+        repeat_factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+            dataset, cfg.DATALOADER.REPEAT_THRESHOLD, sqrt=cfg.DATALOADER.REPEAT_SQRT)
+    return build_resumable_loader(cfg, dataset, mapper, aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+                                  repeat_factors=repeat_factors)
 
 
-def build_resumable_loader(cfg, dataset, mapper, aspect_ratio_grouping):
-    """The loader of both functions above: ``mapper`` over a position-seeded stream of ``dataset``, batched
-    by ``cfg.SOLVER.IMS_PER_BATCH``; ``loader.resumable_sampler`` is the sampler a resume moves."""
-    sampler = ResumableTrainingSampler(len(dataset), seed=cfg.SEED if cfg.SEED >= 0 else None)
+def build_resumable_loader(cfg, dataset, mapper, aspect_ratio_grouping, repeat_factors=None):
+    """The loader of both functions above: ``mapper`` over a position-seeded stream of ``dataset`` (each image
+    repeated per ``repeat_factors`` when given), batched by ``cfg.SOLVER.IMS_PER_BATCH``;
+    ``loader.resumable_sampler`` is the sampler a resume moves."""
+    sampler = ResumableTrainingSampler(len(dataset), seed=cfg.SEED if cfg.SEED >= 0 else None,
+                                       repeat_factors=repeat_factors)
     batch_size = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
     if aspect_ratio_grouping:
         unsized = [d.get("file_name") for d in dataset if "width" not in d or "height" not in d]

@@ -71,11 +71,21 @@ class ResumableTrainingSampler(Sampler):
     docstring). ``start`` is the global position of the first sample. ``start`` and ``seed`` may be changed
     before the stream is iterated (``PretrainTrainer.resume_or_load`` sets both from the checkpoint)."""
 
-    def __init__(self, size, *, shuffle=True, seed=None, start=0, rank=None, world_size=None):
+    def __init__(self, size, *, shuffle=True, seed=None, start=0, rank=None, world_size=None, repeat_factors=None):
+        """``repeat_factors`` (N floats >= 1, e.g. Detectron2's ``RepeatFactorTrainingSampler.
+        repeat_factors_from_category_frequency``, LVIS): each epoch repeats image i floor(r_i) times, plus once
+        more with probability frac(r_i), as Detectron2's RepeatFactorTrainingSampler does, from a generator seeded
+        by (seed, epoch); epochs then differ in length, and a start position is found by summing them."""
         if size <= 0:
             raise ValueError(f"ResumableTrainingSampler needs a non-empty dataset, got size {size}")
         self._size = int(size)
         self._shuffle = shuffle
+        self._repeat_factors = None
+        if repeat_factors is not None:
+            factors = torch.as_tensor(repeat_factors, dtype=torch.float32)
+            if factors.shape != (self._size,) or not bool((factors >= 1).all()):
+                raise ValueError(f"repeat_factors must be {self._size} values >= 1, got shape {tuple(factors.shape)}")
+            self._repeat_factors = (factors.floor(), factors - factors.floor())
         # Every rank must use the same seed, or their shards would not partition one permutation.
         self.seed = int(comm.shared_random_seed() if seed is None else seed)
         self._rank = comm.get_rank() if rank is None else rank
@@ -92,19 +102,30 @@ class ResumableTrainingSampler(Sampler):
 
     def epoch_order(self, epoch):
         """The dataset indices of epoch ``epoch``, in stream order."""
-        if not self._shuffle:
-            return list(range(self._size))
         generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
-        return torch.randperm(self._size, generator=generator).tolist()
+        indices = torch.arange(self._size)
+        if self._repeat_factors is not None:
+            whole, fraction = self._repeat_factors
+            repeats = whole + (torch.rand(self._size, generator=generator) < fraction).float()
+            indices = torch.repeat_interleave(indices, repeats.long())
+        if not self._shuffle:
+            return indices.tolist()
+        return indices[torch.randperm(len(indices), generator=generator)].tolist()
 
     def __iter__(self):
         position = self.start + self._rank
-        epoch, order = None, None
+        if self._repeat_factors is None:  # epochs of one length: straight to the start's epoch
+            epoch = position // self._size
+            epoch_start = epoch * self._size
+        else:  # each epoch its own length: sum them from the first
+            epoch, epoch_start = 0, 0
+        order = self.epoch_order(epoch)
         while True:
-            if position // self._size != epoch:
-                epoch = position // self._size
+            while position >= epoch_start + len(order):
+                epoch_start += len(order)
+                epoch += 1
                 order = self.epoch_order(epoch)
-            yield self.seed, position, order[position % self._size]
+            yield self.seed, position, order[position - epoch_start]
             position += self._world_size
 
 
