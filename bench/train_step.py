@@ -1,10 +1,16 @@
 #!/usr/bin/env python
 """Training-step throughput and peak memory of a pretraining config.
 
-Times ``--iters`` steps after ``--warmup`` untimed ones, each split into data (next batch from the loader) and
-step (forward, backward, optimizer, target EMA update), and prints one JSON line: images/s, seconds per
-iteration for data and step, peak host memory (max RSS of this process and of its live data-loader workers) and,
-on CUDA, peak GPU memory.
+Times ``--iters`` steps after ``--warmup`` untimed ones, each split into data wait (next batch from the loader),
+forward, backward, optimizer and target EMA update (CUDA synchronized at each boundary), and prints one JSON line:
+images/s, seconds per iteration for data, the step and each phase, the data share, peak host memory (max RSS of
+this process and of its live data-loader workers) and, on CUDA, peak GPU memory.
+
+``--compare`` times, in one run, the step with per-parameter optimizer and EMA updates and per-view network calls
+(the reference), with foreach (multi-tensor) updates, and with foreach updates plus one call per view size
+(``MODEL.SOCO.VIEW_BATCHING per_size``; SoCo only), each with its images/s ratio to the reference::
+
+    OMP_NUM_THREADS=2 python bench/train_step.py --config-file configs/demo/soco_r18_fpn_demo.yaml --synthetic --compare
 
     # CPU, the demo config with its real loader (needs datasets/demo and a proposal file, or
     # DATASETS.PROPOSAL_FILES_TRAIN "()" to use the mapper's whole-image fallback boxes)
@@ -119,6 +125,125 @@ def peak_host_memory_mb():
     return own, children_kb / 1024
 
 
+def set_foreach(optimizer, foreach):
+    """Multi-tensor (foreach) or per-parameter updates: LARS's flag, torch.optim.SGD's per-group option."""
+    if hasattr(optimizer, "foreach"):
+        optimizer.foreach = foreach
+    for group in optimizer.param_groups:
+        if "foreach" in group:
+            group["foreach"] = foreach
+
+
+def time_steps(cfg, args, view_batching=None, foreach=True):
+    """Builds the model and optimizer of ``cfg`` and times ``args.iters`` training steps after ``args.warmup``; the
+    step is split into data wait, forward, backward, optimizer and EMA (CUDA synchronized at each boundary). Returns
+    the result dict (bench/train_step.py's JSON line)."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    if view_batching:
+        cfg.MODEL.SOCO.VIEW_BATCHING = view_batching
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    step_flops = forward_macs = 0
+    if args.flops:
+        flops_batch = synthetic_batch(cfg, cfg.SOLVER.IMS_PER_BATCH)
+        step_flops = training_step_flops(model, flops_batch, args.device, args.amp)
+        forward_macs = fvcore_forward_macs(model, flops_batch)
+    compile_s = 0.0
+    if args.compile:
+        for network in ("online_network", "target_network"):
+            network = getattr(unwrap_model(model), network, None)
+            if network is not None and hasattr(network, "backbone"):
+                network.backbone = torch.compile(network.backbone)
+    optimizer = build_pretrain_optimizer(cfg, model)
+    set_foreach(optimizer, foreach)
+    scaler = torch.amp.GradScaler(args.device, enabled=args.amp)
+    momentum_update = getattr(unwrap_model(model), "momentum_update", None)
+    if args.synthetic:
+        batches = itertools.repeat(synthetic_batch(cfg, cfg.SOLVER.IMS_PER_BATCH))
+    else:
+        from objpretrain.data.build import build_pretrain_loader
+
+        batches = iter(build_pretrain_loader(cfg))
+    cuda = args.device.startswith("cuda")
+
+    def now():
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    phases = ("data", "forward", "backward", "optimizer", "ema")
+    times = {phase: [] for phase in phases}
+    for iteration in range(args.warmup + args.iters):
+        marks = [now()]
+        batch = next(batches)
+        marks.append(now())
+        with torch.autocast(args.device.split(":")[0], dtype=torch.float16, enabled=args.amp):
+            loss = sum(model(batch).values())
+        marks.append(now())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        marks.append(now())
+        scaler.step(optimizer)
+        scaler.update()
+        marks.append(now())
+        if momentum_update is not None:
+            momentum_update(0.99, foreach=foreach)
+        marks.append(now())
+        if args.compile and iteration == 0:
+            compile_s = marks[-1] - marks[0]  # the first step compiles
+        if iteration >= args.warmup:
+            for phase, start, stop in zip(phases, marks, marks[1:]):
+                times[phase].append(stop - start)
+
+    mean = {phase: sum(values) / len(values) for phase, values in times.items()}
+    step_s = sum(mean[phase] for phase in phases[1:])
+    own_mb, children_mb = peak_host_memory_mb()
+    result = {
+        "config": args.config_file,
+        "device": torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)",
+        "batch": cfg.SOLVER.IMS_PER_BATCH,
+        "amp": args.amp,
+        "channels_last": args.channels_last,
+        "compile": args.compile,
+        "view_batching": cfg.MODEL.SOCO.VIEW_BATCHING if cfg.OBJPRETRAIN.MAPPER == "soco" else None,
+        "foreach": foreach,
+        "data": "synthetic" if args.synthetic else f"loader, {cfg.DATALOADER.NUM_WORKERS} workers",
+        "iters": args.iters,
+        "images_per_s": round(cfg.SOLVER.IMS_PER_BATCH / (mean["data"] + step_s), 2),
+        "data_s_per_iter": round(mean["data"], 4),
+        "step_s_per_iter": round(step_s, 4),
+        **{f"{phase}_s": round(mean[phase], 4) for phase in phases[1:]},
+        "data_share": round(mean["data"] / (mean["data"] + step_s), 4),
+        "peak_rss_mb": round(own_mb, 1),
+        "peak_rss_workers_mb": round(children_mb, 1),
+        "final_loss": round(loss.item(), 4),
+    }
+    if args.compile:
+        result["compile_s"] = round(compile_s, 1)
+    if cuda:
+        result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        torch.cuda.reset_peak_memory_stats()
+    if args.flops:
+        step_tflop = step_flops / 1e12
+        result["step_tflop"] = round(step_tflop, 3)
+        result["fvcore_forward_gmac"] = round(forward_macs / 1e9, 2)
+        result["achieved_tflops"] = round(step_tflop / step_s, 2)
+        result["mfu"] = round(step_tflop / step_s / args.peak_tflops, 4)
+    return result
+
+
+# --compare: (name, MODEL.SOCO.VIEW_BATCHING or None for the config's, foreach); the first is the reference.
+COMPARE_VARIANTS = [
+    ("per-parameter updates, per-view calls", "per_view", False),
+    ("foreach updates", "per_view", True),
+    ("foreach updates, per-size view calls", "per_size", True),
+]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default="configs/demo/soco_r18_fpn_demo.yaml")
@@ -130,6 +255,12 @@ def main():
     parser.add_argument("--synthetic", action="store_true", help="random views instead of the data loader")
     parser.add_argument("--channels-last", action="store_true", help="model weights in channels-last layout")
     parser.add_argument("--compile", action="store_true", help="torch.compile the online and target backbones")
+    parser.add_argument("--view-batching", choices=("per_view", "per_size"),
+                        help="MODEL.SOCO.VIEW_BATCHING (default: the config's)")
+    parser.add_argument("--no-foreach", action="store_true", help="per-parameter optimizer and EMA updates")
+    parser.add_argument("--compare", action="store_true",
+                        help="time the variants of COMPARE_VARIANTS in this run, each with its ratio to the first")
+    parser.add_argument("--passes", type=int, default=3, help="--compare: passes over the variants, averaged")
     parser.add_argument("--flops", action="store_true", help="count FLOPs (PyTorch, fvcore as a cross-check) and report model FLOPs utilization")
     parser.add_argument("--peak-tflops", type=float, default=989.0,
                         help="the device's peak dense TFLOP/s for MFU (H200 / H100 SXM bf16/fp16: 989)")
@@ -142,81 +273,28 @@ def main():
     cfg.MODEL.DEVICE = args.device
     if args.batch:
         cfg.SOLVER.IMS_PER_BATCH = args.batch
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    model.train()
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    step_flops = forward_macs = 0
-    if args.flops:
-        flops_batch = synthetic_batch(cfg, cfg.SOLVER.IMS_PER_BATCH)
-        step_flops = training_step_flops(model, flops_batch, args.device, args.amp)
-        forward_macs = fvcore_forward_macs(model, flops_batch)
-    if args.compile:
-        for network in ("online_network", "target_network"):
-            network = getattr(unwrap_model(model), network, None)
-            if network is not None and hasattr(network, "backbone"):
-                network.backbone = torch.compile(network.backbone)
-    optimizer = build_pretrain_optimizer(cfg, model)
-    scaler = torch.amp.GradScaler(args.device, enabled=args.amp)
-    momentum_update = getattr(unwrap_model(model), "momentum_update", None)
-    if args.synthetic:
-        batches = itertools.repeat(synthetic_batch(cfg, cfg.SOLVER.IMS_PER_BATCH))
-    else:
-        from objpretrain.data.build import build_pretrain_loader
+    if not args.compare:
+        write(time_steps(cfg, args, args.view_batching, not args.no_foreach), args.json)
+        return
+    variants = COMPARE_VARIANTS if cfg.OBJPRETRAIN.MAPPER == "soco" else [
+        (name, None, foreach) for name, batching, foreach in COMPARE_VARIANTS if batching == "per_view"]
+    # Passes A B C, A B C, ...: the first variant timed in a fresh process runs slower (allocator and thread-pool
+    # warm-up), which would flatter the others; each variant's images/s is the mean over the passes.
+    passes = [[time_steps(cfg, args, batching, foreach) for _, batching, foreach in variants]
+              for _ in range(args.passes)]
+    reference = sum(p[0]["images_per_s"] for p in passes) / args.passes
+    for index, (name, _, _) in enumerate(variants):
+        runs = [p[index]["images_per_s"] for p in passes]
+        result = dict(passes[-1][index], variant=name, images_per_s=round(sum(runs) / len(runs), 2),
+                      images_per_s_passes=runs)
+        result["images_per_s_ratio"] = round(result["images_per_s"] / reference, 3)
+        write(result, args.json)
 
-        batches = iter(build_pretrain_loader(cfg))
-    cuda = args.device.startswith("cuda")
 
-    data_times, step_times = [], []
-    for iteration in range(args.warmup + args.iters):
-        start = time.perf_counter()
-        batch = next(batches)
-        loaded = time.perf_counter()
-        with torch.autocast(args.device.split(":")[0], dtype=torch.float16, enabled=args.amp):
-            loss = sum(model(batch).values())
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        if momentum_update is not None:
-            momentum_update(0.99)
-        if cuda:
-            torch.cuda.synchronize()
-        done = time.perf_counter()
-        if iteration >= args.warmup:
-            data_times.append(loaded - start)
-            step_times.append(done - loaded)
-
-    data_s, step_s = sum(data_times) / len(data_times), sum(step_times) / len(step_times)
-    own_mb, children_mb = peak_host_memory_mb()
-    result = {
-        "config": args.config_file,
-        "device": torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)",
-        "batch": cfg.SOLVER.IMS_PER_BATCH,
-        "amp": args.amp,
-        "channels_last": args.channels_last,
-        "compile": args.compile,
-        "data": "synthetic" if args.synthetic else f"loader, {cfg.DATALOADER.NUM_WORKERS} workers",
-        "iters": args.iters,
-        "images_per_s": round(cfg.SOLVER.IMS_PER_BATCH / (data_s + step_s), 2),
-        "data_s_per_iter": round(data_s, 4),
-        "step_s_per_iter": round(step_s, 4),
-        "peak_rss_mb": round(own_mb, 1),
-        "peak_rss_workers_mb": round(children_mb, 1),
-        "final_loss": round(loss.item(), 4),
-    }
-    if cuda:
-        result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    if args.flops:
-        step_tflop = step_flops / 1e12
-        result["step_tflop"] = round(step_tflop, 3)
-        result["fvcore_forward_gmac"] = round(forward_macs / 1e9, 2)
-        result["achieved_tflops"] = round(step_tflop / step_s, 2)
-        result["mfu"] = round(step_tflop / step_s / args.peak_tflops, 4)
-    print(json.dumps(result))
-    if args.json:
-        with open(args.json, "a") as f:
+def write(result, json_path):
+    print(json.dumps(result), flush=True)
+    if json_path:
+        with open(json_path, "a") as f:
             f.write(json.dumps(result) + "\n")
 
 

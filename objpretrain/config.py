@@ -83,6 +83,10 @@ def _add_soco_config(cfg):
     # head), so each block starts as the identity (Goyal et al. 2017). The papers do not say; the official SoCo
     # ResNet does it (contrast/resnet.py, docs/fidelity.md); Detectron2's leaves gamma at 1.
     _C.MODEL.RESNETS.ZERO_INIT_RESIDUAL = False
+    # Pretraining weights in channels-last layout when MODEL.DEVICE is a GPU (cuDNN's NHWC tensor-core kernels:
+    # +9 % images/s under AMP on an H200; on a CPU it gained nothing, so it is never applied there;
+    # docs/performance.md). Numbers are unchanged to fp32 rounding.
+    _C.MODEL.CHANNELS_LAST = True
     _C.MODEL.SOCO = CN()
     # Feature maps RoIAlign reads: P2-P5 for SoCo-R50-FPN (§3.3: "we do not use P6"), res4 for SoCo-R50-C4.
     _C.MODEL.SOCO.IN_FEATURES = ["p2", "p3", "p4", "p5"]
@@ -114,6 +118,12 @@ def _add_soco_config(cfg):
     # image (the official correspondence matrix, regression_loss_bboxs_aware in contrast/models/SoCo_FPN.py:
     # [a, a, a, b] weighs a : b as 9 : 1, not 3 : 1).
     _C.MODEL.SOCO.REPEATED_BOX_WEIGHTING = "rows"
+    # How the views go through the online and target networks: "per_view", one call per view, so BatchNorm
+    # normalizes each view with its own batch statistics (the paper does not say; the official code does this:
+    # encoder(im_1), encoder(im_2), ... in contrast/models/SoCo_FPN.py); "per_size", one call per view size (V1 with
+    # V2 at 224 px, then V3, V4): fewer, larger kernels (bench/train_step.py --compare, docs/performance.md), with
+    # BatchNorm statistics over each size group.
+    _C.MODEL.SOCO.VIEW_BATCHING = "per_view"
     _C.MODEL.SOCO.MOMENTUM_BASE = 0.99
     _C.MODEL.SOCO.MOMENTUM_END = 1.0
 

@@ -22,7 +22,7 @@ from objpretrain.engine import (
     resolve_schedule,
     scaled_base_lr,
 )
-from test_soco_model import tiny_cfg
+from test_soco_model import make_soco_batch, tiny_cfg
 
 
 def solver_cfg(*opts):
@@ -108,6 +108,30 @@ def test_lars_adapts_weights_and_leaves_biases_and_norm_parameters_alone():
 
     optimizer.step()  # same gradients again: the momentum buffer is 0.9 * g + g
     assert torch.allclose(model[0].bias, before["0.bias"] - 0.5 * grads["0.bias"] * (1 + 1.9), atol=1e-6)
+
+
+def test_lars_foreach_update_equals_the_per_parameter_loop():
+    """LARS(foreach=True), the default: the same parameters and momentum buffers as the loop over parameters,
+    over steps with weight decay, an excluded group, a zero-initialized weight and a parameter without gradient."""
+    def run(foreach):
+        torch.manual_seed(0)
+        weights = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.zeros(5)),
+                   torch.nn.Parameter(torch.randn(2, 2, 3, 3))]
+        biases = [torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(2))]
+        frozen = torch.nn.Parameter(torch.randn(3))
+        optimizer = LARS([{"params": weights + [frozen]}, {"params": biases, "lars_exclude": True}], lr=0.5,
+                         momentum=0.9, weight_decay=0.1, trust_coefficient=0.02, foreach=foreach)
+        for step in range(4):
+            for p in weights + biases:
+                p.grad = torch.randn_like(p) * (step + 1)
+            optimizer.step()
+        return [p.detach().clone() for p in weights + biases + [frozen]], [
+            optimizer.state[p]["momentum_buffer"] for p in weights + biases]
+
+    (loop_params, loop_buffers), (foreach_params, foreach_buffers) = run(False), run(True)
+    for a, b in zip(loop_params + loop_buffers, foreach_params + foreach_buffers):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(loop_params[1], torch.zeros(5))  # the zero-initialized weight moved
 
 
 def test_lars_exclusion_covers_exactly_the_norm_and_bias_parameters_of_soco(repo_root):
@@ -288,3 +312,24 @@ def test_a_corrupt_checkpoint_is_reported_by_name(tmp_path):
     path.write_bytes(b"\x00not a checkpoint")
     with pytest.raises(RuntimeError, match="model_0000009.pth"):
         AtomicDetectionCheckpointer(nn.Linear(2, 2), str(tmp_path)).load(str(path))
+
+
+def test_channels_last_is_applied_on_a_gpu_device_only(repo_root):
+    """MODEL.CHANNELS_LAST: every 4-D weight becomes channels-last for a CUDA device; a CPU model is left alone, and
+    the layout does not change what the model computes."""
+    from objpretrain.engine.trainer import use_channels_last
+
+    def conv_weights(model):
+        return [p for p in model.parameters() if p.dim() == 4]
+
+    cpu = use_channels_last(build_model(tiny_cfg(repo_root)), "cpu")
+    assert all(p.is_contiguous() for p in conv_weights(cpu))
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(repo_root)).eval()
+    batch = make_soco_batch()
+    before = sum(model(batch).values()).item()
+    gpu_layout = use_channels_last(model, "cuda:0")  # the layout change itself runs on any device
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in conv_weights(gpu_layout))
+    assert sum(gpu_layout(batch).values()).item() == pytest.approx(before, rel=1e-5)
+    assert all(p.is_contiguous() for p in conv_weights(use_channels_last(build_model(tiny_cfg(repo_root)),
+                                                                          "cuda", enabled=False)))

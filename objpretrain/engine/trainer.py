@@ -39,6 +39,7 @@ __all__ = [
     "build_pretrain_optimizer",
     "resolve_schedule",
     "scaled_base_lr",
+    "use_channels_last",
 ]
 
 logger = logging.getLogger(__name__)
@@ -168,6 +169,14 @@ def build_pretrain_optimizer(cfg, model):
     raise ValueError(f"SOLVER.OPTIMIZER must be 'LARS' or 'SGD', got {cfg.SOLVER.OPTIMIZER!r}")
 
 
+def use_channels_last(model, device, enabled=True):
+    """``model`` with its weights in channels-last layout on a CUDA ``device`` when ``enabled`` (MODEL.CHANNELS_LAST);
+    unchanged on a CPU, where it does not help (docs/performance.md)."""
+    if enabled and str(device).startswith("cuda"):
+        return model.to(memory_format=torch.channels_last)
+    return model
+
+
 class _GuardedStepMixin:
     """Shared by the plain and AMP step: a non-finite total loss raises with the batch's image ids, or (policy
     "skip") drops the whole step on every rank; images/s goes to the event storage."""
@@ -294,6 +303,10 @@ class PretrainTrainer(ResumableDataStreamMixin, DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_model(cls, cfg):
+        return use_channels_last(super().build_model(cfg), cfg.MODEL.DEVICE, cfg.MODEL.CHANNELS_LAST)
 
     @classmethod
     def build_optimizer(cls, cfg, model):

@@ -43,10 +43,16 @@ class MomentumTargetModel(nn.Module):
         return (images.to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
 
     @torch.no_grad()
-    def momentum_update(self, tau):
+    def momentum_update(self, tau, foreach=True):
         """target <- tau * target + (1 - tau) * online, parameter by parameter, matched by name (the target may
         lack online-only modules such as BYOL's predictor). BN statistics stay the target's own, as in BYOL
-        and MoCo."""
+        and MoCo. ``foreach``: one multi-tensor lerp over all parameters (the default); False: one lerp per
+        parameter, the reference bench/train_step.py --compare measures it against."""
         online = dict(self.online_network.named_parameters())
         names, targets = zip(*self.target_network.named_parameters())
-        torch._foreach_lerp_(list(targets), [online[name] for name in names], 1.0 - tau)
+        sources = [online[name] for name in names]
+        if foreach:
+            torch._foreach_lerp_(list(targets), sources, 1.0 - tau)
+        else:
+            for target, source in zip(targets, sources):
+                target.lerp_(source, 1.0 - tau)

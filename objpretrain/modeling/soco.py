@@ -137,6 +137,9 @@ class SoCo(MomentumTargetModel):
         self.momentum_base = soco.MOMENTUM_BASE
         self.momentum_end = soco.MOMENTUM_END
         self.loss = BYOLLoss()
+        self.view_batching = soco.VIEW_BATCHING
+        if self.view_batching not in ("per_view", "per_size"):
+            raise ValueError(f'MODEL.SOCO.VIEW_BATCHING must be "per_view" or "per_size", got {self.view_batching!r}')
         self.repeated_box_weighting = soco.REPEATED_BOX_WEIGHTING
         if self.repeated_box_weighting not in ("rows", "pairs"):
             raise ValueError(f'MODEL.SOCO.REPEATED_BOX_WEIGHTING must be "rows" or "pairs", got '
@@ -159,12 +162,17 @@ class SoCo(MomentumTargetModel):
         # Views with their own proposals pair with their own block of V1 rows (INPUT.SOCO.OWN_PROPOSAL_VIEWS).
         own_views = [name for name in view_names if name in batched_inputs[0].get("v1_boxes", {})]
         online_projections, online_predictions, target_projections = {}, {}, {}
-        for index, name in enumerate(view_names):
-            images, box_lists = self._prepare_view(batched_inputs, index, own_views if name == "v1" else ())
-            online_projections[name] = self.online_network(images, box_lists)
-            online_predictions[name] = self.predictor(online_projections[name])
+        for group in self._view_groups(batched_inputs, view_names):
+            images, box_lists, rows = self._prepare_views(batched_inputs, group, own_views)
+            projections = self.online_network(images, box_lists)
+            predictions = self.predictor(projections)
             with torch.no_grad():
-                target_projections[name] = self.target_network(images, box_lists)
+                targets = self.target_network(images, box_lists)
+            for index, (start, stop) in zip(group, rows):  # the group's rows are view after view
+                name = view_names[index]
+                online_projections[name] = projections[start:stop]
+                online_predictions[name] = predictions[start:stop]
+                target_projections[name] = targets[start:stop]
         pairs = [name for name in view_names if name != "v1"]
         v1_rows = self._v1_rows(batched_inputs, len(own_views))
         block = {name: (1 + own_views.index(name) if name in own_views else 0) for name in pairs}
@@ -188,20 +196,39 @@ class SoCo(MomentumTargetModel):
         """(N, C) pooled res5 of the online bottom-up ResNet for normalized images (view retrieval)."""
         return self.online_network.backbone.bottom_up(images)["res5"].mean(dim=(2, 3))
 
+    def _view_groups(self, batched_inputs, view_names):
+        """Lists of view indices that go through the networks in one call: each view alone ("per_view"), or the
+        views of one size together ("per_size"), in order of first appearance."""
+        if self.view_batching == "per_view":
+            return [[index] for index in range(len(view_names))]
+        groups = {}
+        for index in range(len(view_names)):
+            groups.setdefault(tuple(int(s) for s in batched_inputs[0]["views"][index].shape[-2:]), []).append(index)
+        return list(groups.values())
+
     def _prepare_view(self, batched_inputs, index, own_views=()):
-        """The view's normalized, padded images and per-image ``Boxes``; for V1, its boxes then, block after block,
-        its boxes for each of ``own_views``."""
-        views = [self.normalize(x["views"][index]) for x in batched_inputs]
+        """One view's normalized, padded images and per-image ``Boxes`` (see :meth:`_prepare_views`)."""
+        images, box_lists, _ = self._prepare_views(batched_inputs, [index], own_views)
+        return images, box_lists
+
+    def _prepare_views(self, batched_inputs, indices, own_views=()):
+        """The views ``indices``' normalized images, one batch view after view; their per-image ``Boxes`` (V1's:
+        its boxes then, block after block, its boxes for each of ``own_views``); and the (start, stop) rows of each
+        view in the embeddings."""
+        views, box_lists, rows = [], [], []
+        for index in indices:
+            start = sum(len(b) for b in box_lists)
+            for x in batched_inputs:
+                views.append(self.normalize(x["views"][index]))
+                extra = [x["v1_boxes"][name] for name in own_views] if index == 0 else []  # V1 is first
+                box_lists.append(Boxes(torch.cat([x["boxes"][index]] + extra).to(
+                    self.device, non_blocking=True).float()))
+            rows.append((start, sum(len(b) for b in box_lists)))
         backbone = self.online_network.backbone
         images = ImageList.from_tensors(
             views, backbone.size_divisibility, padding_constraints=backbone.padding_constraints
         )
-        box_lists = [
-            Boxes(torch.cat([x["boxes"][index]] + [x["v1_boxes"][name] for name in own_views]).to(
-                self.device, non_blocking=True).float())
-            for x in batched_inputs
-        ]
-        return images.tensor, box_lists
+        return images.tensor, box_lists, rows
 
     def _v1_rows(self, batched_inputs, num_own_views):
         """Per block of V1 rows (0: the one shared with V2, then one per own-proposal view) the indices of its rows
@@ -231,8 +258,8 @@ class SoCo(MomentumTargetModel):
         if not batched_inputs:
             raise ValueError("SoCo got an empty batch")
         view_names = list(batched_inputs[0]["view_names"])
-        if "v1" not in view_names or len(view_names) < 2:
-            raise ValueError(f"SoCo needs V1 and at least one other view, got {view_names}")
+        if not view_names or view_names[0] != "v1" or len(view_names) < 2:
+            raise ValueError(f"SoCo needs V1 first and at least one other view, got {view_names}")
         for x in batched_inputs:
             image = x.get("image_id", x.get("file_name", "?"))
             if list(x["view_names"]) != view_names:
