@@ -10,11 +10,9 @@ from DATASETS.COCO_JSON_REGISTER. PreciseBN runs where the config enables TEST.P
         MODEL.WEIGHTS output/soco_r50_fpn.pkl
 """
 import logging
-import os
 
 import objpretrain  # noqa: F401,I001  (first: registers components and silences a dependency's import warning)
 from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
@@ -24,10 +22,10 @@ from objpretrain.config import add_objpretrain_config
 from objpretrain.data.build import build_resumable_detection_train_loader
 from objpretrain.data.datasets import register_datasets_from_cfg
 from objpretrain.engine.checkpoint import AtomicDetectionCheckpointer
-from objpretrain.evaluation.detection import build_detection_evaluator
 from objpretrain.engine.distributed import install as install_device_ddp
 from objpretrain.engine.preflight import check_runnable, exit_on_config_error
 from objpretrain.engine.resumable import ResumableDataStreamMixin
+from objpretrain.evaluation.detection import build_detection_evaluator
 
 logger = logging.getLogger("objpretrain.train_net")
 
