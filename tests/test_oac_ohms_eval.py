@@ -274,20 +274,28 @@ def test_random_init_probe_and_chance_levels(linear_eval, synthetic_coco, tmp_pa
 
 
 def test_several_probes_in_one_process_equal_separate_runs(linear_eval, synthetic_coco, tmp_path):
-    """--task/--resize/--crop/--output with one value per probe: each result equals that probe run alone, and a
-    mismatched count of values is refused."""
+    """--probe TASK,RESIZE,CROP,OUTPUT, repeated: each result equals that probe run alone; trailing KEY VALUE
+    overrides still reach the config; a malformed spec is refused."""
     tasks, sizes = ["retrieval", "objects", "auto"], ["48", "64", "64"]
     outputs = [str(tmp_path / f"{task}.json") for task in tasks]
     args = _probe_args(synthetic_coco, tmp_path)
-    together = linear_eval.main(args[:args.index("--resize")] + ["--epochs", "30", "--task", *tasks, "--resize",
-                                *sizes, "--crop", *sizes, "--output", *outputs])
+    specs = [a for task, size, out in zip(tasks, sizes, outputs) for a in ("--probe", f"{task},{size},{size},{out}")]
+    # the set under another name, registered by a trailing override: it must reach the config
+    register = f"('probe_multi:{synthetic_coco['json']}:{synthetic_coco['image_root']}',)"
+    renamed = [a if a != synthetic_coco["name"] else "probe_multi" for a in args]
+    together = linear_eval.main(renamed + specs + ["DATASETS.COCO_JSON_REGISTER", register])
     assert len(together) == 3
     for task, size, output, result in zip(tasks, sizes, outputs, together):
         alone = linear_eval.main(_probe_args(synthetic_coco, tmp_path, "--task", task, "--resize", size, "--crop", size))
+        for key in ("train_dataset", "test_dataset"):
+            result.pop(key, None), alone.pop(key, None)
         with open(output) as f:
-            assert json.load(f) == alone == result, task
+            written = json.load(f)
+        for key in ("train_dataset", "test_dataset"):
+            written.pop(key, None)
+        assert written == alone == result, task
     with pytest.raises(SystemExit):
-        linear_eval.main(_probe_args(synthetic_coco, tmp_path, "--task", *tasks, "--output", *outputs[:2]))
+        linear_eval.main(args + ["--probe", "objects,64,out.json"])
 
 
 def test_random_init_backbone_follows_the_seed(linear_eval):

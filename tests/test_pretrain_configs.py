@@ -77,6 +77,14 @@ def test_official_configs_build_and_train_a_step_on_their_mappers_views(name, tm
     assert all(torch.isfinite(v) for v in losses.values())
 
 
+@pytest.mark.parametrize("name", sorted(OFFICIAL_CONFIGS))
+def test_every_official_soco_config_builds_its_model(name):
+    """Each configs/official/soco* config builds (at ResNet-18, to stay fast); the slow test above trains three."""
+    cfg = load(name, "MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64")
+    model = build_model(cfg)
+    assert type(model).__name__ == cfg.MODEL.META_ARCHITECTURE and model.repeated_box_weighting == "pairs"
+
+
 def _flat(cfg, prefix=""):
     out = {}
     for key, value in cfg.items():

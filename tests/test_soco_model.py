@@ -81,6 +81,26 @@ def test_scale_aware_pooler_reads_each_box_from_its_band_level():
     assert pooled.mean(dim=(1, 2, 3)).tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
+def test_scale_aware_pooler_equals_detectron2s_per_level_pooling_of_the_same_assignment():
+    """The sorted, one-sync pooling equals RoIAlign of each box on its level, box by box, on random features and
+    boxes (levels left empty included), and keeps the input order."""
+    from detectron2.modeling.poolers import convert_boxes_to_pooler_format
+
+    torch.manual_seed(0)
+    pooler = ScaleAwareROIPooler(3, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 0, "ROIAlignV2", [48, 96, 192])
+    features = [torch.randn(2, 4, 256 // stride, 256 // stride) for stride in (4, 8, 16, 32)]
+    for sides in ([10.0, 60.0, 30.0, 250.0, 100.0], [20.0, 30.0, 40.0, 10.0, 5.0]):  # all levels; P2 alone
+        corners = torch.rand(len(sides), 2) * 4
+        boxes = [Boxes(torch.cat([corners[:3], corners[:3] + torch.tensor(sides[:3])[:, None]], 1)),
+                 Boxes(torch.cat([corners[3:], corners[3:] + torch.tensor(sides[3:])[:, None]], 1))]
+        levels = assign_boxes_to_scale_bands(boxes, [48, 96, 192])
+        rois = convert_boxes_to_pooler_format(boxes)
+        expected = torch.stack([pooler.level_poolers[int(level)](features[int(level)], roi[None])[0]
+                                for roi, level in zip(rois, levels)])
+        torch.testing.assert_close(pooler(features, boxes), expected)
+    assert pooler(features, [Boxes(torch.zeros(0, 4)), Boxes(torch.zeros(0, 4))]).shape == (0, 4, 3, 3)
+
+
 def test_scale_aware_pooler_rejects_thresholds_that_do_not_fit_the_levels():
     with pytest.raises(ValueError, match="SCALE_AWARE_THRESHOLDS"):
         ScaleAwareROIPooler(7, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 0, "ROIAlignV2", [48, 96])

@@ -71,14 +71,15 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initialization and of the probe")
     parser.add_argument("--train-dataset", required=True)
     parser.add_argument("--test-dataset", required=True)
-    # --task, --resize, --crop and --output take one value per probe (one value serves every probe): several
-    # probes of one backbone then share one process, which saves its start-up (about 5 s on a CPU).
-    parser.add_argument("--task", choices=TASKS, nargs="+", default=["auto"],
+    parser.add_argument("--task", choices=TASKS, default="auto",
                         help="auto: multi-label when the dicts have 'labels' or 'annotations'; objects: classify "
                              "each annotated box from its RoIAligned res4 + res5 features (top-1); retrieval: find "
                              "each test image's second augmented view (top-1), no probe trained")
-    parser.add_argument("--resize", type=int, nargs="+", default=[256])
-    parser.add_argument("--crop", type=int, nargs="+", default=[224])
+    parser.add_argument("--resize", type=int, default=256)
+    parser.add_argument("--crop", type=int, default=224)
+    # Several probes of one backbone in one process, which saves its start-up (about 5 s on a CPU).
+    parser.add_argument("--probe", action="append", metavar="TASK,RESIZE,CROP,OUTPUT",
+                        help="one probe (repeatable); replaces --task/--resize/--crop/--output")
     parser.add_argument("--batch-size", type=int, default=64, help="feature extraction batch")
     parser.add_argument("--protocol", choices=("ours", "official"), default="ours",
                         help="ours: cached features, Adam; official: OAC's released main_lincls.py (fresh crops each "
@@ -95,7 +96,7 @@ def main(argv=None):
     parser.add_argument("--bn-images", type=int, default=256, help="training images for the re-estimation")
     parser.add_argument("--cache-dir", help="cache extracted features here")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--output", nargs="+", help="write each probe's result as JSON here")
+    parser.add_argument("--output", help="write the result as JSON here")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine (Detectron2's launch)")
     parser.add_argument("--num-machines", type=int, default=1)
     parser.add_argument("--machine-rank", type=int, default=0)
@@ -114,13 +115,16 @@ def main(argv=None):
 
 
 def _probes(parser, args):
-    """[(task, resize, crop, output or None)], one per probe: the per-probe options' values side by side."""
-    columns = {"task": args.task, "resize": args.resize, "crop": args.crop, "output": args.output or [None]}
-    count = max(len(values) for values in columns.values())
-    for name, values in columns.items():
-        if len(values) not in (1, count):
-            parser.error(f"--{name} has {len(values)} values for {count} probes: give one, or one per probe")
-    return [tuple(values[i if len(values) > 1 else 0] for values in columns.values()) for i in range(count)]
+    """[(task, resize, crop, output or None)]: ``--probe`` specs, or the single probe of --task/--resize/--crop."""
+    if not args.probe:
+        return [(args.task, args.resize, args.crop, args.output)]
+    probes = []
+    for spec in args.probe:
+        fields = spec.split(",")
+        if len(fields) != 4 or fields[0] not in TASKS or not (fields[1].isdigit() and fields[2].isdigit()):
+            parser.error(f"--probe {spec!r}: expected TASK,RESIZE,CROP,OUTPUT with TASK one of {TASKS}")
+        probes.append((fields[0], int(fields[1]), int(fields[2]), fields[3]))
+    return probes
 
 
 def evaluate(args):

@@ -211,9 +211,8 @@ def run_probes(arm, seed, arm_dir, result, data, scale, py, device, probes=tuple
     paths = [os.path.join(arm_dir, f"{probe}.json") for probe in probes]
     result["seconds"]["probes"] = result["seconds"].get("probes", 0.0) + run(
         [py, "tools/linear_eval.py", "--config-file", config, *weights, "--seed", seed,
-         "--train-dataset", "study_train", "--test-dataset", "study_val",
-         "--task", *(PROBES[p][0] for p in probes), "--resize", *(PROBES[p][1] for p in probes),
-         "--crop", *(PROBES[p][1] for p in probes), "--epochs", scale["probe_epochs"], "--output", *paths,
+         "--train-dataset", "study_train", "--test-dataset", "study_val", "--epochs", scale["probe_epochs"],
+         *(a for p, path in zip(probes, paths) for a in ("--probe", f"{PROBES[p][0]},{PROBES[p][1]},{PROBES[p][1]},{path}")),
          "--device", device, "DATASETS.COCO_JSON_REGISTER", f"({register[0]!r}, {register[1]!r})"],
         os.path.join(arm_dir, "probes.log"))
     for probe, path in zip(probes, paths):
