@@ -381,7 +381,8 @@ def test_converted_oac_checkpoint_loads_into_c4_and_fpn_finetune_configs(tmp_pat
 
 
 # ------------------------------------------------------------------------------------------ shipped configs
-OAC_CONFIGS = sorted(os.path.relpath(p, os.path.join(REPO, "configs")) for pattern in ("oac/*.yaml", "official/densecl*")
+OAC_CONFIGS = sorted(os.path.relpath(p, os.path.join(REPO, "configs")) for pattern in ("oac/*.yaml", "official/densecl*",
+                                                                                                "official/oac*")
                      for p in glob.glob(os.path.join(REPO, "configs", pattern)))
 
 
@@ -404,3 +405,26 @@ def test_official_densecl_config_is_the_densecl_coco_recipe():
     assert (official.MODEL.OAC.TEMPERATURE, official.MODEL.OAC.DENSE_LOSS_WEIGHT, official.SOLVER.WEIGHT_DECAY) == (
         0.2, 0.5, 1e-4)
     assert official.MODEL == scene.MODEL and official.INPUT == scene.INPUT
+
+
+def test_official_oac_config_is_the_released_recipe():
+    """configs/official/oac_moco_v2_r50_obj_obj_dilate_ohms.yaml: the ground-truth-box config with the released
+    code's settings, each a key, and nothing else changed."""
+    official = get_pretrain_cfg(os.path.join(REPO, "configs", "official", "oac_moco_v2_r50_obj_obj_dilate_ohms.yaml"))
+    paper = get_pretrain_cfg(os.path.join(REPO, "configs", "oac", "moco_v2_r50_obj_obj_dilate_gt.yaml"))
+    expected = {("MODEL", "OAC", "SEPARATE_HEADS"): False, ("INPUT", "OAC", "DILATION"): 0.2,
+                ("INPUT", "OAC", "DILATION_MODE"): "official", ("INPUT", "OAC", "MIN_BOX_SIDE"): 224.0,
+                ("INPUT", "OAC", "CROP_SCALE_MIN"): 0.01, ("INPUT", "OAC", "ITEM_PER_BOX"): True,
+                ("INPUT", "OAC", "SWAP_VIEWS_PROB"): 0.5, ("DATASETS", "TRAIN"): ("ohms_train",),
+                ("SOLVER", "IMS_PER_BATCH"): 128, ("OUTPUT_DIR",): "output/official/oac_moco_v2_r50_obj_obj_dilate_ohms"}
+
+    def flat(node, prefix=()):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from flat(value, prefix + (key,))
+            else:
+                yield prefix + (key,), tuple(value) if isinstance(value, list) else value
+
+    official_flat, paper_flat = dict(flat(official)), dict(flat(paper))
+    assert {k: v for k, v in official_flat.items() if v != paper_flat[k]} == expected
+    assert official.INPUT.OAC.USE_GT_BOXES and official.MODEL.OAC.SHUFFLE_BN and official.MODEL.OAC.TEMPERATURE == 0.2
