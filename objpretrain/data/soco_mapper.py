@@ -304,8 +304,9 @@ class SoCoMapper:
         return to_source.apply_box(boxes[valid]).reshape(-1, 4)
 
     def _draw_views(self, source_w, source_h, to_v1):
-        """The views after V1, name -> {"geometry": transforms from the source frame, "pixels": the view before
-        flip and colour (computed later for V3-from-V2), "crop": its crop as an XYXY source-frame box}."""
+        """The views after V1, name -> {"geometry": its transforms from the source frame (for boxes), "crop": its
+        crop as an XYXY source-frame box, and for its pixels either "pixel_geometry" (the transforms from the image
+        it is cut from: V1, or the source) or "from_v2" (V3 as V2 downsampled)}; :meth:`_render` adds "pixels"."""
         # Crops are drawn in the frame they are cut from (V1's 224 x 224, or the source image) and mapped back.
         if self.crop_from == "v1":
             frame_w = frame_h = self.view_size
@@ -315,9 +316,10 @@ class SoCoMapper:
 
         def crop_view(crop, size):
             x0, y0, w, h = crop
-            geometry = base + [T.CropTransform(x0, y0, w, h), ResizeTransform(h, w, size, size)]
+            pixel_geometry = [T.CropTransform(x0, y0, w, h), ResizeTransform(h, w, size, size)]
             source_box = np.array([x0 * to_frame[0], y0 * to_frame[1], (x0 + w) * to_frame[0], (y0 + h) * to_frame[1]])
-            return {"geometry": geometry, "crop": source_box, "frame_crop": (x0, y0, x0 + w, y0 + h)}
+            return {"geometry": base + pixel_geometry, "pixel_geometry": pixel_geometry, "crop": source_box,
+                    "frame_crop": (x0, y0, x0 + w, y0 + h)}
 
         views = {"v2": crop_view(sample_scaled_box(frame_w, frame_h, self.crop_scale, self.crop_ratio), self.view_size)}
         if self.v3_size > 0:
@@ -339,7 +341,7 @@ class SoCoMapper:
         source = v1 if self.crop_from == "v1" else image
         for view in views.values():
             if "from_v2" not in view:
-                view["pixels"] = T.TransformList(view["geometry"][1 if self.crop_from == "v1" else 0:]).apply_image(source)
+                view["pixels"] = T.TransformList(view["pixel_geometry"]).apply_image(source)
         for view in views.values():
             if "from_v2" in view:
                 view["pixels"] = view["from_v2"].apply_image(views["v2"]["pixels"])
