@@ -99,6 +99,10 @@ def test_scale_aware_pooler_equals_detectron2s_per_level_pooling_of_the_same_ass
                                 for roi, level in zip(rois, levels)])
         torch.testing.assert_close(pooler(features, boxes), expected)
     assert pooler(features, [Boxes(torch.zeros(0, 4)), Boxes(torch.zeros(0, 4))]).shape == (0, 4, 3, 3)
+    # every level stays in the graph, boxes or not (DDP needs a gradient for every FPN parameter)
+    features = [f.requires_grad_() for f in features]
+    pooler(features, [Boxes(torch.tensor([_square(10.0)])), Boxes(torch.tensor([_square(20.0)]))]).sum().backward()
+    assert all(f.grad is not None for f in features)
 
 
 def test_scale_aware_pooler_rejects_thresholds_that_do_not_fit_the_levels():

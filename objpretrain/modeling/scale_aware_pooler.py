@@ -57,17 +57,15 @@ class ScaleAwareROIPooler(ROIPooler):
         box_lists = [b if isinstance(b, Boxes) else Boxes(b) for b in box_lists]
         pooler_fmt_boxes = convert_boxes_to_pooler_format(box_lists)
         level_assignments = assign_boxes_to_scale_bands(box_lists, self.size_thresholds)
-        # The boxes sorted by level: one device-to-host copy (the counts) instead of a nonzero per level, and no
-        # RoIAlign call for a level without boxes (V3's small boxes leave P5 empty, V1's often P2).
+        # The boxes sorted by level: one device-to-host copy (the counts) instead of a nonzero per level. A level
+        # without boxes is still pooled (zero boxes), which keeps its FPN output in the graph: DDP needs a gradient,
+        # if zero, for every parameter.
         order = torch.argsort(level_assignments, stable=True)
         counts = torch.bincount(level_assignments, minlength=len(self.level_poolers)).tolist()
         pooled, start = [], 0
         for level, (pooler, count) in enumerate(zip(self.level_poolers, counts)):
-            if count:
-                pooled.append(pooler(x[level], pooler_fmt_boxes[order[start:start + count]]))
+            pooled.append(pooler(x[level], pooler_fmt_boxes[order[start:start + count]]))
             start += count
-        if not pooled:
-            return x[0].new_zeros((0, x[0].size(1), *self.output_size))
         pooled = torch.cat(pooled)
         # index_put_ rather than advanced indexing, as Detectron2's ROIPooler (pytorch/issues/49852).
         return pooled.new_empty(pooled.shape).index_put_((order,), pooled)
