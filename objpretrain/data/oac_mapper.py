@@ -143,8 +143,7 @@ class OACMapper:
             return dataset_dicts
         items = []
         for d in dataset_dicts:
-            boxes = source_boxes(d, self.max_proposals, self.use_gt_boxes) if (
-                self.use_gt_boxes or "proposal_boxes" in d) else np.zeros((0, 4))
+            boxes = source_boxes(d, self.max_proposals, self.use_gt_boxes)  # none without proposal_boxes
             items.extend([{**d, "oac_box": box} for box in boxes] or [d])
         logger.info("OAC: one item per box: %d items from %d images", len(items), len(dataset_dicts))
         return items
