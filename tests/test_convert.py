@@ -104,7 +104,9 @@ def soco_r50_c4():
 def test_soco_demo_transfers_exactly(soco_demo, tmp_path):
     pretrain, path = soco_demo
     output = str(tmp_path / "soco_demo.pkl")
-    conversion, new = convert_checkpoint(path, output, "d2-fpn", model_state_dict=finetune_model(DEMO_FINETUNE).state_dict())
+    # The weights as pretrained (the default rescaling is tested below: the same function up to BN's eps).
+    conversion, new = convert_checkpoint(path, output, "d2-fpn", model_state_dict=finetune_model(DEMO_FINETUNE).state_dict(),
+                                         keep_weight_scale=True)
     assert {n.split(".")[1] for n in new} == {"rpn_head", "box_predictor"}
     assert not any(name.startswith(("projector", "predictor", "target_network")) for name in conversion.state_dict)
 
@@ -129,7 +131,7 @@ def test_target_encoder_converts_the_momentum_network(soco_demo, tmp_path):
     state_dict = load_state_dict(path)
     state_dict = OrderedDict((k, v + 1.0 if k.startswith("target_network.") and v.is_floating_point() else v)
                              for k, v in state_dict.items())
-    conversion = convert_state_dict(state_dict, "d2-fpn", encoder="target")
+    conversion = convert_state_dict(state_dict, "d2-fpn", encoder="target", keep_weight_scale=True)
     source = "target_network.backbone.bottom_up.res3.0.conv1.weight"
     assert conversion.sources["backbone.bottom_up.res3.0.conv1.weight"] == source
     assert torch.equal(conversion.state_dict["backbone.bottom_up.res3.0.conv1.weight"], state_dict[source])
@@ -271,7 +273,9 @@ def test_torchvision_round_trip(tmp_path):
     original = reference.state_dict()
     torch.save({"state_dict": original}, tmp_path / "tv.pth")
 
-    conversion, _ = convert_checkpoint(str(tmp_path / "tv.pth"), str(tmp_path / "r50.pkl"), "d2-backbone")
+    # The weights as they were (by default d2 targets get the initializer's weight scale back): a round trip.
+    conversion, _ = convert_checkpoint(str(tmp_path / "tv.pth"), str(tmp_path / "r50.pkl"), "d2-backbone",
+                                       keep_weight_scale=True)
     assert [s for s, _, _ in conversion.dropped] == ["fc.weight", "fc.bias"]
     cfg = get_pretrain_cfg(None, ["MODEL.RESNETS.DEPTH", "50", "MODEL.RESNETS.STRIDE_IN_1X1", "False",
                                   "MODEL.RESNETS.NORM", "BN", "MODEL.RESNETS.OUT_FEATURES", '["res5"]',
@@ -304,9 +308,73 @@ def test_moco_release_layout_picks_the_encoder(tmp_path):
                tmp_path / "moco.pth.tar")
     state_dict = load_state_dict(str(tmp_path / "moco.pth.tar"))
     for encoder, weights in (("online", query), ("target", key)):
-        conversion = convert_state_dict(state_dict, "d2-c4", encoder=encoder)
+        conversion = convert_state_dict(state_dict, "d2-c4", encoder=encoder, keep_weight_scale=True)
         assert torch.equal(conversion.state_dict["roi_heads.res5.1.conv2.weight"], weights["layer4.1.conv2.weight"])
         assert torch.equal(conversion.state_dict["backbone.stem.conv1.norm.running_mean"], weights["bn1.running_mean"])
     reasons = {reason for _, _, reason in convert_state_dict(state_dict, "d2-fpn").dropped}
     assert reasons == {"the other encoder (--encoder picks one)", "not part of the ResNet",
                        "classifier / projection head (no Detectron2 name)"}
+
+
+def test_weight_scale_restored_with_the_same_function(soco_demo, tmp_path):
+    """Convs that a BatchNorm follows get their initializer's norm back (weight_scale.py), the BN statistics follow,
+    and the detector computes what the pretraining network computed, with BN on running and on batch statistics."""
+    from objpretrain.checkpoint import initializer_norm
+
+    pretrain, path = soco_demo
+    state_dict = load_state_dict(path)
+    grown = {"online_network.backbone.bottom_up.stem.conv1": 4.7, "online_network.backbone.bottom_up.res3.0.conv1": 0.3,
+             "online_network.backbone.fpn_output3": 2.0, "online_network.box_head.conv2": 3.0}
+    for conv, c in grown.items():  # the same function at another weight scale, as SGD pretraining leaves it
+        state_dict[conv + ".weight"] = state_dict[conv + ".weight"] * c
+        state_dict[conv + ".norm.running_mean"] = state_dict[conv + ".norm.running_mean"] * c
+        state_dict[conv + ".norm.running_var"] = state_dict[conv + ".norm.running_var"] * c * c
+    torch.save({"model": state_dict}, str(tmp_path / "grown.pth"))
+    output = str(tmp_path / "rescaled.pkl")
+    conversion, _ = convert_checkpoint(str(tmp_path / "grown.pth"), output, "d2-fpn")
+    factors = dict(conversion.rescaled)
+    assert factors["backbone.bottom_up.stem.conv1.weight"] == pytest.approx(1 / 4.7, rel=0.1)
+    assert factors["roi_heads.box_head.conv2.weight"] == pytest.approx(1 / 3.0, rel=0.1)
+    for name, _ in conversion.rescaled:
+        weight = conversion.state_dict[name]
+        assert float(weight.norm()) == pytest.approx(initializer_norm(name, weight), rel=1e-4)
+    assert "roi_heads.box_head.fc1.weight" not in factors  # no BatchNorm after it: its scale is its function
+
+    kept, _ = convert_checkpoint(str(tmp_path / "grown.pth"), str(tmp_path / "kept.pkl"), "d2-fpn",
+                                 keep_weight_scale=True)
+    assert kept.rescaled is None
+    torch.testing.assert_close(kept.state_dict["backbone.bottom_up.stem.conv1.weight"],
+                               state_dict["online_network.backbone.bottom_up.stem.conv1.weight"])
+
+    detector = randomize_norms(finetune_model(DEMO_FINETUNE))
+    DetectionCheckpointer(detector).load(output)
+    images = torch.randn(4, 3, 64, 96)
+    rois = torch.randn(6, 64, 7, 7)
+    for train in (False, True):
+        pretrain.train(train), detector.train(train)
+        with torch.no_grad():
+            expected, actual = pretrain.online_network.backbone(images), detector.backbone(images)
+            for level in expected:
+                torch.testing.assert_close(actual[level], expected[level], atol=2e-4, rtol=1e-4)
+            torch.testing.assert_close(detector.roi_heads.box_head(rois), pretrain.online_network.box_head(rois),
+                                       atol=2e-4, rtol=1e-4)
+    pretrain.eval()
+
+
+def test_drop_leaves_parts_to_the_detector(soco_demo, tmp_path):
+    """--drop box_head (backbone + FPN) and --drop fpn,box_head (backbone only) for SoCo's alignment ablation."""
+    _, path = soco_demo
+    model_state = finetune_model(DEMO_FINETUNE).state_dict()
+    for drop, kept_scopes in ((("box_head",), {"backbone.bottom_up.", "backbone.fpn"}),
+                              (("fpn", "box_head"), {"backbone.bottom_up."})):
+        conversion, new = convert_checkpoint(path, str(tmp_path / f"{'_'.join(drop)}.pkl"), "d2-fpn",
+                                             model_state_dict=model_state, drop=drop)
+        scopes = {"backbone.bottom_up." if n.startswith("backbone.bottom_up.") else
+                  "backbone.fpn" if n.startswith("backbone.") else n.split(".")[0] for n in conversion.state_dict}
+        assert scopes == kept_scopes
+        assert any(n.startswith("roi_heads.box_head.") for n in new)
+        assert any(why.endswith("--drop box_head") for _, why in conversion.new_modules)
+    with pytest.raises(CheckpointError, match="--drop"):
+        convert_checkpoint(path, str(tmp_path / "x.pkl"), "d2-backbone", drop=("fpn",))
+    with pytest.raises(CheckpointError, match="--drop takes"):
+        convert_checkpoint(path, str(tmp_path / "x.pkl"), "d2-fpn", drop=("rpn",))

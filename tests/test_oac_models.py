@@ -352,7 +352,8 @@ def test_converted_oac_checkpoint_loads_into_c4_and_fpn_finetune_configs(tmp_pat
     state = torch.load(checkpoint, weights_only=True)["model"]
 
     for target, finetune in [("d2-c4", "mask_rcnn_R_50_C4_1x.yaml"), ("d2-fpn", "mask_rcnn_R_50_FPN_1x.yaml")]:
-        conversion = convert_state_dict(state, target)
+        # The weights as pretrained, so that they can be compared below (the default restores the weight scale).
+        conversion = convert_state_dict(state, target, keep_weight_scale=True)
         assert not any("projector" in n or "queue" in n for n in conversion.state_dict)
         ft_cfg = get_pretrain_cfg(os.path.join(REPO, "configs", "finetune", finetune))
         ft_cfg.MODEL.DEVICE = "cpu"

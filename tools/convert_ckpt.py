@@ -15,7 +15,7 @@ import argparse
 import logging
 import sys
 
-from objpretrain.checkpoint import TARGETS, CheckpointError, convert_checkpoint, format_report
+from objpretrain.checkpoint import DROPPABLE_PARTS, TARGETS, CheckpointError, convert_checkpoint, format_report
 
 
 def build_model_state_dict(config_file, opts):
@@ -36,6 +36,13 @@ def get_parser():
     parser.add_argument("--to", required=True, choices=TARGETS, help="target format")
     parser.add_argument("--encoder", default="online", choices=("online", "target"),
                         help="which network of a two-network checkpoint to convert (default: online)")
+    parser.add_argument("--drop", default="", metavar="PARTS",
+                        help=f"comma-separated parts of {DROPPABLE_PARTS} that --to d2-fpn leaves out (initialized anew "
+                             "at fine-tuning): SoCo's alignment ablation, e.g. --drop box_head for backbone + FPN")
+    parser.add_argument("--keep-weight-scale", action="store_true",
+                        help="keep the pretrained norms of convs that a BatchNorm follows; by default each gets its "
+                             "initializer's norm (same function, a fresh layer's fine-tuning learning rate; "
+                             "docs/transfer.md)")
     parser.add_argument("--verify-config", metavar="FILE",
                         help="a d2-fpn/d2-c4 finetune config to check the result against")
     parser.add_argument("--verbose", action="store_true", help="list every tensor instead of every module")
@@ -49,7 +56,9 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         model_state_dict = build_model_state_dict(args.verify_config, args.verify_opts) if args.verify_config else None
-        conversion, new = convert_checkpoint(args.input, args.output, args.to, args.encoder, model_state_dict)
+        drop = tuple(part for part in args.drop.split(",") if part)
+        conversion, new = convert_checkpoint(args.input, args.output, args.to, args.encoder, model_state_dict,
+                                             drop=drop, keep_weight_scale=args.keep_weight_scale)
     except (CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

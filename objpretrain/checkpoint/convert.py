@@ -37,8 +37,10 @@ from tabulate import tabulate
 
 from ..utils.atomic_io import atomic_write
 from .torchvision_names import TORCHVISION_BACKBONE_ANCHOR, d2_to_torchvision, torchvision_to_d2
+from .weight_scale import restore_initializer_scale, summarize_factors
 
 __all__ = [
+    "DROPPABLE_PARTS",
     "TARGETS",
     "CheckpointError",
     "Conversion",
@@ -55,6 +57,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TARGETS = ("d2-fpn", "d2-c4", "d2-backbone", "torchvision")
+# Pretrained parts of an FPN model that --drop leaves out of a d2-fpn conversion (SoCo Table 4's alignment ablation:
+# backbone only = --to d2-backbone, backbone + FPN = --to d2-fpn --drop box_head); the detector initializes them anew.
+DROPPABLE_PARTS = ("fpn", "box_head")
 ENCODERS = ("online", "target")
 RESNET_STAGES = ("res2", "res3", "res4", "res5")
 # Blocks per stage of the standard depths, by convs per block (Detectron2's ResNet: 2 basic, 3 bottleneck).
@@ -102,6 +107,8 @@ class Conversion:
     dropped: list  # (source name, shape, reason)
     new_modules: list = field(default_factory=list)  # (module name, why it is newly initialized)
     matching_heuristics: bool = False
+    # (weight name, factor) of restore_initializer_scale; None when the weight scale was kept (or not a d2 target)
+    rescaled: list = None
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -497,11 +504,21 @@ def _check_finite(tensors):
 # ---------------------------------------------------------------------------------------------------- convert
 
 
-def convert_state_dict(state_dict, target, encoder="online"):
+def convert_state_dict(state_dict, target, encoder="online", drop=(), keep_weight_scale=False):
     """A Conversion of ``state_dict`` to ``target`` (one of TARGETS); raises CheckpointError when a tensor
-    is missing, a shape disagrees or the checkpoint's layout does not fit the target."""
+    is missing, a shape disagrees or the checkpoint's layout does not fit the target.
+
+    ``drop``: parts of :data:`DROPPABLE_PARTS` left out of a d2-fpn conversion. Unless ``keep_weight_scale``, every
+    conv of a d2-* result that a BatchNorm follows gets its initializer's norm back (weight_scale.py: the same
+    function, the fine-tuning learning rate of a fresh layer).
+    """
     if target not in TARGETS:
         raise CheckpointError(f"--to must be one of {TARGETS}, got {target!r}")
+    unknown = sorted(set(drop) - set(DROPPABLE_PARTS))
+    if unknown:
+        raise CheckpointError(f"--drop takes {DROPPABLE_PARTS}, got {unknown}")
+    if drop and target != "d2-fpn":
+        raise CheckpointError(f"--drop {','.join(drop)} applies to --to d2-fpn only (--to {target} keeps the ResNet)")
     parsed = parse_state_dict(state_dict, encoder)
     if not parsed.resnet:
         raise CheckpointError(f"{parsed.kind}: no ResNet tensors found")
@@ -531,13 +548,18 @@ def convert_state_dict(state_dict, target, encoder="online"):
                 "fit an FPN detector; convert it with --to d2-c4 (or --to d2-backbone for the ResNet alone)"
             )
         outputs += [("backbone.bottom_up." + k, v) for k, v in parsed.resnet.items()]
-        outputs += [("backbone." + k, v) for k, v in parsed.fpn.items()]
-        outputs += [("roi_heads.box_head." + k, v) for k, v in parsed.box_head.items()]
-        if not parsed.fpn:
-            new_modules.append(("backbone.fpn_*", "newly initialized: the checkpoint has no FPN"))
-        if not parsed.box_head:
-            new_modules.append(("roi_heads.box_head", "newly initialized: the checkpoint has no box head"))
-        unused = {}
+        if "fpn" not in drop:
+            outputs += [("backbone." + k, v) for k, v in parsed.fpn.items()]
+        if "box_head" not in drop:
+            outputs += [("roi_heads.box_head." + k, v) for k, v in parsed.box_head.items()]
+        for part, module, tensors in (("fpn", "backbone.fpn_*", parsed.fpn),
+                                      ("box_head", "roi_heads.box_head", parsed.box_head)):
+            if part in drop:
+                new_modules.append((module, f"newly initialized: --drop {part}"))
+            elif not tensors:
+                new_modules.append((module, f"newly initialized: the checkpoint has no {part.replace('_', ' ')}"))
+        unused = {name: tensors for part, name, tensors in (("fpn", "FPN", parsed.fpn),
+                                                             ("box_head", "box head", parsed.box_head)) if part in drop}
     elif target == "d2-c4":
         if parsed.layout == "fpn":
             raise CheckpointError(
@@ -551,16 +573,19 @@ def convert_state_dict(state_dict, target, encoder="online"):
     else:
         outputs += [(d2_to_torchvision(k), v) for k, v in parsed.resnet.items()]
     for part, tensors in unused.items():
-        dropped += [(source, tuple(t.shape), f"--to {target} keeps the ResNet, not the {part}")
-                    for source, t in tensors.values()]
+        reason = f"--drop leaves out the {part}" if drop else f"--to {target} keeps the ResNet, not the {part}"
+        dropped += [(source, tuple(t.shape), reason) for source, t in tensors.values()]
+    converted = OrderedDict((name, tensor.clone()) for name, (_, tensor) in outputs)
+    rescaled = None if keep_weight_scale or not target.startswith("d2-") else restore_initializer_scale(converted)
     return Conversion(
         target=target,
         kind=parsed.kind,
-        state_dict=OrderedDict((name, tensor) for name, (_, tensor) in outputs),
+        state_dict=converted,
         sources={name: source for name, (source, _) in outputs},
         dropped=dropped,
         new_modules=new_modules,
         matching_heuristics=target == "d2-backbone",
+        rescaled=rescaled,
     )
 
 
@@ -628,13 +653,14 @@ def save_conversion(conversion, path):
     atomic_write(path, write)
 
 
-def convert_checkpoint(input_path, output_path, target, encoder="online", model_state_dict=None):
-    """Loads, converts, optionally checks against a detector's state dict, and saves; returns
-    ``(conversion, new)`` with ``new`` the detector tensors finetuning initializes (None without a model).
-    Every CheckpointError names ``input_path``."""
+def convert_checkpoint(input_path, output_path, target, encoder="online", model_state_dict=None, drop=(),
+                       keep_weight_scale=False):
+    """Loads, converts (see :func:`convert_state_dict` for ``drop`` and ``keep_weight_scale``), optionally checks
+    against a detector's state dict, and saves; returns ``(conversion, new)`` with ``new`` the detector tensors
+    finetuning initializes (None without a model). Every CheckpointError names ``input_path``."""
     state_dict = load_state_dict(input_path)
     try:
-        conversion = convert_state_dict(state_dict, target, encoder)
+        conversion = convert_state_dict(state_dict, target, encoder, drop, keep_weight_scale)
         new = check_against_model(conversion, model_state_dict) if model_state_dict is not None else None
     except CheckpointError as e:
         raise CheckpointError(f"{input_path}: {e}") from None
@@ -687,4 +713,7 @@ def format_report(conversion, new=None, verbose=False):
     converted = sum(int(t.numel()) for t in conversion.state_dict.values())
     summary = (f"{conversion.kind} -> {conversion.target}: {len(conversion.state_dict)} tensors converted "
                f"({converted:,} elements), {len(conversion.dropped)} dropped")
+    if conversion.target.startswith("d2-"):
+        summary += "\n" + (summarize_factors(conversion.rescaled) if conversion.rescaled is not None else
+                           "weight scale: kept as pretrained (--keep-weight-scale)")
     return summary + "\n" + tabulate(table, headers=headers, tablefmt="github")
