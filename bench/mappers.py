@@ -31,12 +31,11 @@ import time
 
 import numpy as np
 import torch
+from detectron2.structures import BoxMode
+from detectron2.utils.env import seed_all_rng
 from PIL import Image, ImageDraw
 from torchvision import tv_tensors
 from torchvision.transforms import v2
-
-from detectron2.structures import BoxMode
-from detectron2.utils.env import seed_all_rng
 
 from objpretrain.config import get_pretrain_cfg
 from objpretrain.data.build import build_mapper

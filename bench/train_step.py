@@ -261,7 +261,8 @@ def main():
     parser.add_argument("--compare", action="store_true",
                         help="time the variants of COMPARE_VARIANTS in this run, each with its ratio to the first")
     parser.add_argument("--passes", type=int, default=3, help="--compare: passes over the variants, averaged")
-    parser.add_argument("--flops", action="store_true", help="count FLOPs (PyTorch, fvcore as a cross-check) and report model FLOPs utilization")
+    parser.add_argument("--flops", action="store_true",
+                        help="count FLOPs (PyTorch, fvcore as a cross-check) and report model FLOPs utilization")
     parser.add_argument("--peak-tflops", type=float, default=989.0,
                         help="the device's peak dense TFLOP/s for MFU (H200 / H100 SXM bf16/fp16: 989)")
     parser.add_argument("--json", help="also append the result line to this file")

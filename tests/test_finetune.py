@@ -36,12 +36,14 @@ def test_paper_finetune_protocol(config, fractions, weight_decay, max_iter):
     """SoCo §4.2: batch 16, lr 0.02, weight decay, lr steps at fixed fractions; SyncBN; RGB as pretrained."""
     cfg = get_pretrain_cfg(os.path.join(REPO, "configs/finetune", config + ".yaml"))
     solver = cfg.SOLVER
-    assert (solver.IMS_PER_BATCH, solver.BASE_LR, solver.WEIGHT_DECAY, solver.MAX_ITER) == (16, 0.02, weight_decay, max_iter)
+    assert (solver.IMS_PER_BATCH, solver.BASE_LR, solver.WEIGHT_DECAY, solver.MAX_ITER) == (
+        16, 0.02, weight_decay, max_iter)
     assert tuple(solver.STEPS) == tuple(round(f * max_iter) for f in fractions)
     assert solver.WARMUP_ITERS == (100 if "voc" in config else 1000)
     assert cfg.MODEL.RESNETS.NORM == "SyncBN" and cfg.MODEL.BACKBONE.FREEZE_AT == 0
     assert not cfg.MODEL.RESNETS.STRIDE_IN_1X1 and cfg.INPUT.FORMAT == "RGB"
-    assert list(cfg.MODEL.PIXEL_MEAN) == [123.675, 116.28, 103.53] and list(cfg.MODEL.PIXEL_STD) == [58.395, 57.12, 57.375]
+    assert list(cfg.MODEL.PIXEL_MEAN) == [123.675, 116.28, 103.53]
+    assert list(cfg.MODEL.PIXEL_STD) == [58.395, 57.12, 57.375]
     if "FPN" in config:
         assert cfg.MODEL.FPN.NORM == cfg.MODEL.ROI_BOX_HEAD.NORM == cfg.MODEL.ROI_MASK_HEAD.NORM == "SyncBN"
         assert (cfg.MODEL.ROI_BOX_HEAD.NUM_CONV, cfg.MODEL.ROI_BOX_HEAD.NUM_FC) == (4, 1)
@@ -50,7 +52,8 @@ def test_paper_finetune_protocol(config, fractions, weight_decay, max_iter):
     if "mini" in config:
         assert cfg.DATASETS.TRAIN == ("coco_2017_train_" + config.rsplit("_", 1)[1],)
     if "voc" in config:
-        assert cfg.DATASETS.TRAIN == ("voc_2007_trainval", "voc_2012_trainval") and cfg.DATASETS.TEST == ("voc_2007_test",)
+        assert cfg.DATASETS.TRAIN == ("voc_2007_trainval", "voc_2012_trainval")
+        assert cfg.DATASETS.TEST == ("voc_2007_test",)
 
 
 def test_demo_finetune_matches_demo_pretraining():
@@ -105,7 +108,8 @@ def test_make_mini_coco(tmp_path, capsys, monkeypatch):
     outputs = {}
     for seed in (0, 0, 1):
         output = str(tmp_path / f"mini_{seed}.json")
-        assert make_mini_coco.main(["--input", json_path, "--percent", "30", "--seed", str(seed), "--output", output]) == 0
+        argv = ["--input", json_path, "--percent", "30", "--seed", str(seed), "--output", output]
+        assert make_mini_coco.main(argv) == 0
         with open(output) as f:
             subset = json.load(f)
         assert seed not in outputs or subset == outputs[seed]  # seeded: the same subset every time

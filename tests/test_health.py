@@ -27,7 +27,6 @@ from objpretrain.modeling.health import HealthRecord, byol_collapse_loss, embedd
 from objpretrain.modeling.losses import BYOLLoss
 from objpretrain.modeling.losses.infonce import InfoNCELoss
 
-
 # ---- statistics ----
 
 def test_spread_is_zero_and_cosine_one_when_every_embedding_is_the_same():
@@ -43,7 +42,10 @@ def test_spread_is_about_one_for_embeddings_spread_on_the_sphere():
 def test_byol_collapse_value_is_what_a_predictor_of_the_mean_target_scores():
     generator = torch.Generator().manual_seed(0)
     t1, t2 = torch.randn(32, 16, generator=generator) + 1, torch.randn(32, 16, generator=generator) + 1
-    mean_of = lambda t: nn.functional.normalize(nn.functional.normalize(t, dim=1).mean(0), dim=0).expand_as(t)
+
+    def mean_of(t):
+        return nn.functional.normalize(nn.functional.normalize(t, dim=1).mean(0), dim=0).expand_as(t)
+
     constant = BYOLLoss()(mean_of(t2), t2, mean_of(t1), t1)
     assert float(byol_collapse_loss(t2, t1)) == pytest.approx(float(constant), rel=1e-5)
     # A predictor that follows its target scores below the collapse value.
@@ -168,6 +170,7 @@ def _step(hook, storage, iteration, embeddings, losses=None):
 
 def test_weight_groups_are_the_resnet_stages_of_a_plain_and_an_fpn_backbone(repo_root):
     from detectron2.modeling import build_model
+
     from test_soco_model import tiny_cfg
 
     model = build_model(tiny_cfg(repo_root))

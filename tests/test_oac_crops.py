@@ -6,9 +6,8 @@ tell which part of the original image it shows.
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from detectron2.structures import BoxMode
+from PIL import Image
 
 from objpretrain.config import get_pretrain_cfg
 from objpretrain.data.boxes_oac import (

@@ -7,7 +7,6 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
@@ -16,7 +15,7 @@ from objpretrain.modeling.losses.dense_contrastive import DenseContrastiveLoss, 
 from objpretrain.modeling.losses.infonce import InfoNCELoss
 from objpretrain.modeling.losses.localization import ObjectLocalizationLoss
 from objpretrain.modeling.losses.rotation import RelativeRotationLoss, rotate_images
-from objpretrain.modeling.oac import KeyQueue, OACBYOL, OACMoCo
+from objpretrain.modeling.oac import OACBYOL, KeyQueue, OACMoCo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
@@ -381,8 +380,8 @@ def test_converted_oac_checkpoint_loads_into_c4_and_fpn_finetune_configs(tmp_pat
 
 
 # ------------------------------------------------------------------------------------------ shipped configs
-OAC_CONFIGS = sorted(os.path.relpath(p, os.path.join(REPO, "configs")) for pattern in ("oac/*.yaml", "official/densecl*",
-                                                                                                "official/oac*")
+OAC_CONFIGS = sorted(os.path.relpath(p, os.path.join(REPO, "configs"))
+                     for pattern in ("oac/*.yaml", "official/densecl*", "official/oac*")
                      for p in glob.glob(os.path.join(REPO, "configs", pattern)))
 
 
@@ -416,7 +415,8 @@ def test_official_oac_config_is_the_released_recipe():
                 ("INPUT", "OAC", "DILATION_MODE"): "official", ("INPUT", "OAC", "MIN_BOX_SIDE"): 224.0,
                 ("INPUT", "OAC", "CROP_SCALE_MIN"): 0.01, ("INPUT", "OAC", "ITEM_PER_BOX"): True,
                 ("INPUT", "OAC", "SWAP_VIEWS_PROB"): 0.5, ("DATASETS", "TRAIN"): ("ohms_train",),
-                ("SOLVER", "IMS_PER_BATCH"): 128, ("OUTPUT_DIR",): "output/official/oac_moco_v2_r50_obj_obj_dilate_ohms"}
+                ("SOLVER", "IMS_PER_BATCH"): 128,
+                ("OUTPUT_DIR",): "output/official/oac_moco_v2_r50_obj_obj_dilate_ohms"}
 
     def flat(node, prefix=()):
         for key, value in node.items():

@@ -74,7 +74,8 @@ def test_syncbn_in_several_cpu_processes_names_the_key_and_the_replacement(demo_
         check_runnable(get_pretrain_cfg(DEMO_CONFIG, opts), num_processes=2)
     check_runnable(get_pretrain_cfg(DEMO_CONFIG, opts), num_processes=1)
     heads = ["MODEL.SOCO.HEAD_NORM", "SyncBN", "DATASETS.PROPOSAL_FILES_TRAIN", "()"]
-    with pytest.raises(ConfigError, match="MODEL.SOCO.HEAD_NORM.*the override `MODEL.SOCO.HEAD_NORM` `naiveSyncBN`.*`BN`"):
+    expected = "MODEL.SOCO.HEAD_NORM.*the override `MODEL.SOCO.HEAD_NORM` `naiveSyncBN`.*`BN`"
+    with pytest.raises(ConfigError, match=expected):
         check_runnable(get_pretrain_cfg(DEMO_CONFIG, heads), num_processes=4)
     check_runnable(get_pretrain_cfg(DEMO_CONFIG, ["DATASETS.PROPOSAL_FILES_TRAIN", "()"]), num_processes=2)
 

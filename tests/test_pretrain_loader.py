@@ -5,7 +5,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
 from detectron2.data import DatasetCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.env import seed_all_rng

@@ -8,10 +8,9 @@ import logging
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from detectron2.structures import BoxMode
 from detectron2.utils.env import seed_all_rng
+from PIL import Image
 
 from objpretrain.config import get_pretrain_cfg
 from objpretrain.data.augmentations import PhotometricAugmentation, build_byol_augmentations

@@ -47,7 +47,9 @@ import json
 import logging
 import sys
 
-import objpretrain  # noqa: F401,I001  (first: registers components and silences a dependency's import warning)
+import objpretrain  # noqa: F401  (first: registers components and silences a dependency's import warning)
+
+# isort: split
 import torch
 from detectron2.data import DatasetCatalog
 from detectron2.engine import launch

@@ -18,7 +18,9 @@ Examples:
 """
 import os
 
-import objpretrain  # noqa: F401,I001  (first: registers components and silences a dependency's import warning)
+import objpretrain  # noqa: F401  (first: registers components and silences a dependency's import warning)
+
+# isort: split
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger

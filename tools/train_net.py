@@ -11,7 +11,9 @@ from DATASETS.COCO_JSON_REGISTER. PreciseBN runs where the config enables TEST.P
 """
 import logging
 
-import objpretrain  # noqa: F401,I001  (first: registers components and silences a dependency's import warning)
+import objpretrain  # noqa: F401  (first: registers components and silences a dependency's import warning)
+
+# isort: split
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results

@@ -15,10 +15,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-
 from detectron2.utils.env import seed_all_rng  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 from objpretrain.config import get_pretrain_cfg  # noqa: E402
 from objpretrain.data.build import build_mapper, get_pretrain_dataset_dicts  # noqa: E402

@@ -204,7 +204,8 @@ def _parse_objpretrain(state_dict, encoder):
     chosen = f"{encoder}_network."
     if not any(n.startswith(chosen) for n in state_dict):
         present = sorted({n.split(".")[0] for n in state_dict})
-        raise CheckpointError(f"--encoder {encoder}: the checkpoint has no {chosen[:-1]} (top-level modules: {present})")
+        raise CheckpointError(
+            f"--encoder {encoder}: the checkpoint has no {chosen[:-1]} (top-level modules: {present})")
     parts = {"resnet": {}, "fpn": {}, "box_head": {}}
     dropped, has_c4_head = [], False
     for name, tensor in state_dict.items():
@@ -278,7 +279,8 @@ def _parse_detectron2(state_dict, encoder):
 
 
 def _parse_torchvision(state_dict, encoder):
-    prefixes = sorted({n[: -len(TORCHVISION_BACKBONE_ANCHOR)] for n in state_dict if n.endswith(TORCHVISION_BACKBONE_ANCHOR)})
+    prefixes = sorted({n[: -len(TORCHVISION_BACKBONE_ANCHOR)] for n in state_dict
+                       if n.endswith(TORCHVISION_BACKBONE_ANCHOR)})
     prefix = _choose_encoder_prefix(prefixes, encoder)
     kind = f"torchvision ResNet (prefix {prefix!r})" if prefix else "torchvision ResNet"
     parsed = ParsedCheckpoint(kind, "plain")
@@ -507,7 +509,8 @@ def convert_state_dict(state_dict, target, encoder="online"):
         raise CheckpointError(f"{parsed.kind}: no ResNet tensors found")
     problems = validate_resnet({k: t for k, (_, t) in parsed.resnet.items()})
     if parsed.fpn and not problems:  # the FPN checks read the ResNet's channels
-        problems += validate_fpn({k: t for k, (_, t) in parsed.fpn.items()}, {k: t for k, (_, t) in parsed.resnet.items()})
+        problems += validate_fpn({k: t for k, (_, t) in parsed.fpn.items()},
+                                 {k: t for k, (_, t) in parsed.resnet.items()})
     if parsed.box_head:
         problems += validate_box_head({k: t for k, (_, t) in parsed.box_head.items()})
     problems += _check_finite({**parsed.resnet, **parsed.fpn, **parsed.box_head})
@@ -682,7 +685,8 @@ def format_report(conversion, new=None, verbose=False):
         for name in new:
             if not any(fnmatch.fnmatch(name, module + ".*") for module, _ in conversion.new_modules):
                 groups[name if verbose else ".".join(name.split(".")[:2])] += 1
-        table += [["new: not in the checkpoint", g, "-", n, "-"] + (["-"] if verbose else []) for g, n in groups.items()]
+        table += [["new: not in the checkpoint", g, "-", n, "-"] + (["-"] if verbose else [])
+                  for g, n in groups.items()]
     headers = ["status", "target", "source", "tensors", "elements"] + (["shape"] if verbose else [])
     converted = sum(int(t.numel()) for t in conversion.state_dict.values())
     summary = (f"{conversion.kind} -> {conversion.target}: {len(conversion.state_dict)} tensors converted "

@@ -65,12 +65,11 @@ from collections import Counter
 
 import numpy as np
 import torch
-from PIL import Image
-
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode
 from detectron2.structures.boxes import pairwise_intersection
 from detectron2.utils.logger import log_every_n_seconds, log_first_n
+from PIL import Image
 
 from .augmentations import build_byol_augmentations
 from .build import MAPPER_REGISTRY

@@ -29,12 +29,12 @@ from torch import nn
 
 from .heads import MLPHead
 from .health import HealthRecord, byol_collapse_loss, info_nce_collapse_loss
-from .momentum_model import MomentumTargetModel, zero_init_residual_norms
 from .losses.byol import BYOLLoss
 from .losses.dense_contrastive import DenseContrastiveLoss
 from .losses.infonce import InfoNCELoss
 from .losses.localization import ObjectLocalizationLoss
 from .losses.rotation import RelativeRotationLoss, rotate_images
+from .momentum_model import MomentumTargetModel, zero_init_residual_norms
 
 __all__ = [
     "OACBYOL",

@@ -19,8 +19,8 @@ from torch import nn
 
 from .heads import MLPHead
 from .health import HealthRecord, byol_collapse_loss
-from .momentum_model import MomentumTargetModel, zero_init_residual_norms
 from .losses import BYOLLoss
+from .momentum_model import MomentumTargetModel, zero_init_residual_norms
 from .scale_aware_pooler import ScaleAwareROIPooler
 
 __all__ = ["SoCo", "SoCoC4", "FPNObjectEncoder", "C4ObjectEncoder", "build_object_pooler"]

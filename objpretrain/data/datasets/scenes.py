@@ -80,7 +80,8 @@ def make_scene_coco(out_dir, num_images=64, image_size=128, seed=0, min_objects=
     ``class_textures``: texture period and orientation fixed per class (module docstring); ``side_range``:
     (min, max) object side in pixels (default image_size / 10 to image_size / 2); ``gray``: no colour at all, every
     object drawn in the same dark and light gray (:data:`GRAY_OBJECT_COLORS`), background and clutter gray. Objects
-    do not overlap, so a scene may hold fewer than ``max_objects`` when they do not fit. Returns ``(json_path, image_root)``.
+    do not overlap, so a scene may hold fewer than ``max_objects`` when they do not fit. Returns
+    ``(json_path, image_root)``.
     """
     rng = np.random.default_rng(seed)
     image_root = os.path.join(out_dir, "images")

@@ -8,9 +8,8 @@ import json
 import os
 
 import numpy as np
-from PIL import Image, ImageDraw
-
 from detectron2.data.datasets import register_coco_instances
+from PIL import Image, ImageDraw
 
 CATEGORIES = [
     {"id": 1, "name": "rectangle"},

@@ -81,7 +81,8 @@ def load_proposal_file(path):
         BoxMode.convert(np.asarray(b, dtype=np.float32).reshape(-1, 4), mode, BoxMode.XYXY_ABS)
         for b in proposals["boxes"]
     ]
-    proposals["objectness_logits"] = [np.asarray(s, dtype=np.float32).reshape(-1) for s in proposals["objectness_logits"]]
+    proposals["objectness_logits"] = [np.asarray(s, dtype=np.float32).reshape(-1)
+                                      for s in proposals["objectness_logits"]]
     proposals["ids"] = [str(i) for i in proposals["ids"]]
     proposals["bbox_mode"] = BoxMode.XYXY_ABS
     return proposals
@@ -92,7 +93,8 @@ def export_soco_json(proposals, path):
     out = {}
     for image_id, boxes, logits in zip(proposals["ids"], proposals["boxes"], proposals["objectness_logits"]):
         order = np.argsort(-np.asarray(logits), kind="stable")
-        xywh = BoxMode.convert(np.asarray(boxes, dtype=np.float32)[order].astype(np.float64), BoxMode.XYXY_ABS, BoxMode.XYWH_ABS)
+        ordered = np.asarray(boxes, dtype=np.float32)[order].astype(np.float64)
+        xywh = BoxMode.convert(ordered, BoxMode.XYXY_ABS, BoxMode.XYWH_ABS)
         out[str(image_id)] = [[float(v) for v in box] for box in xywh]
     atomic_write_bytes(path, json.dumps(out).encode("utf-8"))
 
