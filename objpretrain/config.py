@@ -16,6 +16,8 @@ def add_objpretrain_config(cfg):
     if hasattr(cfg, "OBJPRETRAIN"):
         return cfg
     _add_general_config(cfg)
+    _add_datasets_config(cfg)
+    _add_pretraining_model_config(cfg)
     _add_soco_config(cfg)
     _add_oac_config(cfg)
     _add_solver_config(cfg)
@@ -76,9 +78,19 @@ def _add_general_config(cfg):
     _C.OBJPRETRAIN.HEALTH.RETRIEVAL_SEED = 0
 
 
-def _add_soco_config(cfg):
+def _add_datasets_config(cfg):
     _C = cfg
-    # ---- Model (SoCo §3.3, §4.1) ----
+    # Datasets registered from the config (objpretrain.data.datasets.register_datasets_from_cfg), so that a run's
+    # saved config.yaml registers them again. COCO-format sets, for fine-tuning and probes: "name:json_file:image_root".
+    _C.DATASETS.COCO_JSON_REGISTER = []
+    # Unlabelled image folders, for pretraining: "name:root" (image ids = relative paths without extension, the ids
+    # tools/generate_proposals.py --images DIR writes).
+    _C.DATASETS.IMAGE_FOLDER_REGISTER = []
+
+
+def _add_pretraining_model_config(cfg):
+    _C = cfg
+    # ---- Every pretraining meta-architecture (SoCo and OAC) and its trainer ----
     # Zero-initialize gamma of the last norm in every residual branch of the pretrained ResNet (and SoCo-C4's res5
     # head), so each block starts as the identity (Goyal et al. 2017). The papers do not say; the official SoCo
     # ResNet does it (contrast/resnet.py, docs/fidelity.md); Detectron2's leaves gamma at 1.
@@ -87,6 +99,11 @@ def _add_soco_config(cfg):
     # +9 % images/s under AMP on an H200; on a CPU it gained nothing, so it is never applied there;
     # docs/performance.md). Numbers are unchanged to fp32 rounding.
     _C.MODEL.CHANNELS_LAST = True
+
+
+def _add_soco_config(cfg):
+    _C = cfg
+    # ---- Model (SoCo §3.3, §4.1) ----
     _C.MODEL.SOCO = CN()
     # Feature maps RoIAlign reads: P2-P5 for SoCo-R50-FPN (§3.3: "we do not use P6"), res4 for SoCo-R50-C4.
     _C.MODEL.SOCO.IN_FEATURES = ["p2", "p3", "p4", "p5"]
@@ -318,8 +335,3 @@ def _add_finetune_config(cfg):
     _C = cfg
     # Extra norm after res5 in the C4 head (MoCo / SoCo C4 finetune configs), used by Res5ROIHeadsExtraNorm.
     _C.MODEL.ROI_BOX_HEAD.RES5_EXTRA_NORM = True
-    # COCO-format datasets registered from the config: list of "name:json_file:image_root".
-    _C.DATASETS.COCO_JSON_REGISTER = []
-    # Unlabelled image folders registered from the config: list of "name:root" (image ids = relative paths
-    # without extension, the ids tools/generate_proposals.py --images DIR writes).
-    _C.DATASETS.IMAGE_FOLDER_REGISTER = []
