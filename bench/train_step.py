@@ -44,7 +44,7 @@ from detectron2.modeling import build_model
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import objpretrain  # noqa: E402,F401
 from objpretrain.config import get_pretrain_cfg  # noqa: E402
-from objpretrain.engine import build_pretrain_optimizer, unwrap_model  # noqa: E402
+from objpretrain.engine import build_pretrain_optimizer, ema_update, unwrap_model  # noqa: E402
 
 
 def synthetic_soco_batch(cfg, batch_size, seed=0):
@@ -161,7 +161,7 @@ def time_steps(cfg, args, view_batching=None, foreach=True):
     optimizer = build_pretrain_optimizer(cfg, model)
     set_foreach(optimizer, foreach)
     scaler = torch.amp.GradScaler(args.device, enabled=args.amp)
-    momentum_update = getattr(unwrap_model(model), "momentum_update", None)
+    momentum_pairs = list(unwrap_model(model).momentum_pairs().values())
     if args.synthetic:
         batches = itertools.repeat(synthetic_batch(cfg, cfg.SOLVER.IMS_PER_BATCH))
     else:
@@ -190,8 +190,8 @@ def time_steps(cfg, args, view_batching=None, foreach=True):
         scaler.step(optimizer)
         scaler.update()
         marks.append(now())
-        if momentum_update is not None:
-            momentum_update(0.99, foreach=foreach)
+        if momentum_pairs:
+            ema_update(momentum_pairs, 0.99, foreach=foreach)
         marks.append(now())
         if args.compile and iteration == 0:
             compile_s = marks[-1] - marks[0]  # the first step compiles

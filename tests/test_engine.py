@@ -1,5 +1,6 @@
 """Engine: LARS, the momentum-target hook, lr scaling / schedule, non-finite loss guard, atomic checkpoints."""
 import itertools
+import math
 import os
 import types
 
@@ -19,9 +20,11 @@ from objpretrain.engine import (
     PretrainTrainer,
     build_pretrain_optimizer,
     cosine_momentum,
+    ema_update,
     resolve_schedule,
     scaled_base_lr,
 )
+from objpretrain.modeling.contract import PretrainingModel
 from test_soco_model import make_soco_batch, tiny_cfg
 
 
@@ -39,14 +42,30 @@ def test_cosine_momentum_end_points_and_midpoint():
     assert all(a <= b for a, b in zip(values, values[1:]))
 
 
-class _RecordingModel:
+class _TwoLinearModel(PretrainingModel):
+    """The smallest model of the contract with a target network: one online and one target Linear."""
+
     momentum_base, momentum_end = 0.99, 1.0
 
     def __init__(self):
-        self.taus = []
+        super().__init__()
+        self.online, self.target = nn.Linear(3, 2), nn.Linear(3, 2).requires_grad_(False)
+        with torch.no_grad():
+            self.target.weight.zero_()
+            self.target.bias.zero_()
+            self.online.weight.fill_(1.0)
+            self.online.bias.fill_(1.0)
 
-    def momentum_update(self, tau):
-        self.taus.append(tau)
+    def momentum_pairs(self):
+        return {"head": (self.online, self.target)}
+
+    device = torch.device("cpu")
+
+    def normalize(self, images):
+        return images.float()
+
+    def image_features(self, images):
+        return images.flatten(1)
 
 
 def _hook_with_trainer(max_iter, model, storage):
@@ -57,7 +76,7 @@ def _hook_with_trainer(max_iter, model, storage):
 
 def test_momentum_hook_follows_the_schedule_and_resumes_from_its_state():
     with EventStorage(0) as storage:
-        model = _RecordingModel()
+        model = _TwoLinearModel()
         hook = _hook_with_trainer(4, model, storage)
         hook.before_train()
         hook.after_step()
@@ -67,13 +86,25 @@ def test_momentum_hook_follows_the_schedule_and_resumes_from_its_state():
         resumed.load_state_dict(state)
         resumed.after_step()
         resumed.after_step()
-        assert model.taus == pytest.approx([cosine_momentum(k, 4, 0.99) for k in range(4)])
+        # The target (0) moves towards the online module (1): after k updates it is 1 - prod(tau_i).
+        expected = 1.0 - math.prod(cosine_momentum(k, 4, 0.99) for k in range(4))
+        assert torch.allclose(model.target.weight, torch.full((2, 3), expected))
+        assert torch.allclose(model.target.bias, torch.full((2,), expected))
         assert storage.history("momentum_tau").latest() == pytest.approx(cosine_momentum(3, 4, 0.99))
+
+
+def test_ema_update_matches_parameters_by_name_with_or_without_foreach():
+    online = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    for foreach in (True, False):
+        target = nn.Sequential(nn.Linear(2, 2))  # the online module may hold more (BYOL's predictor)
+        before = target[0].weight.detach().clone()
+        ema_update([(online, target)], 0.75, foreach=foreach)
+        assert torch.allclose(target[0].weight, 0.75 * before + 0.25 * online[0].weight)
 
 
 def test_momentum_hook_refuses_a_model_without_a_target_network():
     hook = _hook_with_trainer(4, nn.Linear(1, 1), None)
-    with pytest.raises(AttributeError, match="momentum_update"):
+    with pytest.raises(TypeError, match="momentum pairs"):
         hook.before_train()
 
 

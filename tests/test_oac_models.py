@@ -11,6 +11,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from objpretrain.config import get_pretrain_cfg
+from objpretrain.engine.momentum import ema_update
 from objpretrain.modeling.losses.dense_contrastive import DenseContrastiveLoss, match_dense_positions
 from objpretrain.modeling.losses.infonce import InfoNCELoss
 from objpretrain.modeling.losses.localization import ObjectLocalizationLoss
@@ -164,11 +165,11 @@ def test_moco_with_an_empty_start_queue_contrasts_only_real_keys():
     assert first_keys.shape[0] == 4
     loss = model(_batch(seed=1))["loss_moco"]
     assert loss.item() > 0
-    assert model.health.collapse_losses["loss_moco"] == pytest.approx(math.log(5))
+    assert model.health_record().collapse_losses["loss_moco"] == pytest.approx(math.log(5))
     random_start = OACMoCo(_tiny_cfg(separate=False))
     random_start.train()
     random_start(_batch())
-    assert random_start.health.collapse_losses["loss_moco"] == pytest.approx(math.log(16 + 1))
+    assert random_start.health_record().collapse_losses["loss_moco"] == pytest.approx(math.log(16 + 1))
 
 
 def _enqueue_on_rank(rank, world_size, init_file, result_file):
@@ -295,7 +296,7 @@ def test_moco_learns_instance_discrimination_when_both_views_are_the_image(separ
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        model.momentum_update(0.99)
+        ema_update(model.momentum_pairs().values(), 0.99)
         losses.append(loss.item())
     assert np.mean(losses[-10:]) < 0.6 * chance, (np.mean(losses[-10:]), chance)
 
@@ -333,9 +334,10 @@ def test_momentum_update_and_target_structure():
     target = model.target_network.backbone.stem.conv1.weight
     online = model.online_network.backbone.stem.conv1.weight
     old = target.clone()
-    model.momentum_update(0.75)
+    assert set(model.momentum_pairs()) == {"backbone", "projector"}
+    ema_update(model.momentum_pairs().values(), 0.75)
     torch.testing.assert_close(target, 0.75 * old + 0.25 * online)
-    model.momentum_update(0.0)
+    ema_update(model.momentum_pairs().values(), 0.0)
     torch.testing.assert_close(target, online)
 
 

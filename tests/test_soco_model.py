@@ -9,6 +9,7 @@ from torch import nn
 
 import objpretrain  # noqa: F401  (registers SoCo / SoCoC4)
 from objpretrain.config import get_pretrain_cfg
+from objpretrain.engine.momentum import ema_update
 from objpretrain.modeling.losses import BYOLLoss, byol_loss, byol_pair_loss
 from objpretrain.modeling.scale_aware_pooler import ScaleAwareROIPooler, assign_boxes_to_scale_bands
 
@@ -333,7 +334,7 @@ def test_soco_parameter_names_match_detectron2_and_the_target_mirrors_the_online
     assert sorted(renamed) == sorted(expected)
 
 
-def test_momentum_update_moves_every_target_parameter_by_the_ema_formula(repo_root):
+def test_ema_of_the_momentum_pairs_moves_every_target_parameter_by_the_ema_formula(repo_root):
     model = build_model(tiny_cfg(repo_root))
     with torch.no_grad():
         for p in model.online_network.parameters():
@@ -344,7 +345,7 @@ def test_momentum_update_moves_every_target_parameter_by_the_ema_formula(repo_ro
         with torch.no_grad():
             for name, p in model.target_network.named_parameters():
                 p.copy_(before[name])
-        model.momentum_update(0.9, foreach=foreach)
+        ema_update(model.momentum_pairs().values(), 0.9, foreach=foreach)
         for name, p in model.target_network.named_parameters():
             assert torch.allclose(p, 0.9 * before[name] + 0.1 * online[name], atol=1e-6), (name, foreach)
     assert model.momentum_base == 0.99 and model.momentum_end == 1.0
@@ -375,7 +376,7 @@ def test_soco_c4_names_match_res5_roi_heads_and_it_trains(repo_root):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        model.momentum_update(0.99)
+        ema_update(model.momentum_pairs().values(), 0.99)
         losses.append(loss.item())
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < losses[0]

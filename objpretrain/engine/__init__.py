@@ -1,7 +1,7 @@
 """Training machinery: LARS, the momentum-target hook, PretrainTrainer, and the exact-resume mixin that
 fine-tuning (tools/train_net.py) shares with it."""
 from .lars import LARS
-from .momentum import MomentumTargetHook, cosine_momentum, unwrap_model
+from .momentum import MomentumTargetHook, cosine_momentum, ema_update, unwrap_model
 from .resumable import ResumableDataStreamMixin
 from .trainer import (
     AtomicDetectionCheckpointer,
@@ -23,6 +23,7 @@ __all__ = [
     "ResumableDataStreamMixin",
     "build_pretrain_optimizer",
     "cosine_momentum",
+    "ema_update",
     "resolve_schedule",
     "scaled_base_lr",
     "unwrap_model",

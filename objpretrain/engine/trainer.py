@@ -24,6 +24,7 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter, Tensorboard
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
+from ..modeling.contract import PretrainingModel
 from .checkpoint import AtomicDetectionCheckpointer
 from .distributed import create_ddp_model
 from .health import HealthMonitorHook
@@ -129,13 +130,14 @@ def _split_bias_and_norm(param_groups):
 
 
 def _scale_predictor_lr(model, param_groups, factor):
-    """The groups with the parameters of every module named ``predictor`` (BYOL's and SoCo's q) at ``factor`` x
-    their lr, in groups of their own; unchanged when factor is 1."""
+    """The groups with the model's predictor parameters (``PretrainingModel.parameter_groups()["predictor"]``:
+    BYOL's and SoCo's q) at ``factor`` x their lr, in groups of their own; unchanged when factor is 1."""
     if factor <= 0:
         raise ValueError(f"SOLVER.PREDICTOR_LR_FACTOR must be positive, got {factor}")
     if factor == 1.0:
         return param_groups
-    predictor = {id(p) for n, p in model.named_parameters() if "predictor" in n.split(".")}
+    groups = model.parameter_groups() if isinstance(model, PretrainingModel) else {}
+    predictor = {id(p) for p in groups.get("predictor", ())}
     if not predictor:
         raise ValueError(f"SOLVER.PREDICTOR_LR_FACTOR is {factor} but {type(model).__name__} has no predictor")
     return _split_groups(param_groups, lambda p: id(p) in predictor, lambda g: {"lr": g["lr"] * factor})
@@ -306,7 +308,11 @@ class PretrainTrainer(ResumableDataStreamMixin, DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        return use_channels_last(super().build_model(cfg), cfg.MODEL.DEVICE, cfg.MODEL.CHANNELS_LAST)
+        model = super().build_model(cfg)
+        if not isinstance(model, PretrainingModel):
+            raise TypeError(f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r} built a {type(model).__name__}, "
+                            "not a pretraining model (objpretrain.modeling.contract.PretrainingModel)")
+        return use_channels_last(model, cfg.MODEL.DEVICE, cfg.MODEL.CHANNELS_LAST)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -320,10 +326,10 @@ class PretrainTrainer(ResumableDataStreamMixin, DefaultTrainer):
 
     def build_hooks(self):
         ret = [hooks.IterationTimer(), hooks.LRScheduler()]
-        if hasattr(unwrap_model(self.model), "momentum_update"):
+        if unwrap_model(self.model).momentum_pairs():
             # Before the checkpointer, so a checkpoint includes its iteration's target update.
             ret.append(MomentumTargetHook(self.max_iter))
-        if self.cfg.OBJPRETRAIN.HEALTH.ENABLED and hasattr(unwrap_model(self.model), "image_features"):
+        if self.cfg.OBJPRETRAIN.HEALTH.ENABLED:
             # On every rank (a stop on collapse is agreed by all), before the writer so its scalars go out with
             # the same iteration's metrics.
             ret.append(HealthMonitorHook(self.cfg))

@@ -28,7 +28,7 @@ from detectron2.utils import comm
 from torch import nn
 
 from .heads import MLPHead
-from .health import HealthRecord, byol_collapse_loss, info_nce_collapse_loss
+from .health import byol_collapse_loss, info_nce_collapse_loss
 from .losses.byol import BYOLLoss
 from .losses.dense_contrastive import DenseContrastiveLoss
 from .losses.infonce import InfoNCELoss
@@ -138,12 +138,14 @@ class _OACModel(MomentumTargetModel):
     and may extend ``_build_online_heads(cfg, feature_dim)`` (the modules added to ``online_network``).
     """
 
+    dataset_mapper = "OACMapper"
     # online_network children that have no momentum copy.
     online_only = ()
 
     def __init__(self, cfg):
         super().__init__()
         oac = cfg.MODEL.OAC
+        self.view_size = int(cfg.INPUT.OAC.CROP_SIZE)
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
         if "res5" not in shapes:
@@ -311,7 +313,7 @@ class OACMoCo(_QueuedOACModel):
         ) / len(self.directions)
         if self.training:
             first_query, first_key = self.directions[0]
-            self.health = HealthRecord(
+            self._record_health(
                 embeddings={"projector": queries[first_query], "target_projector": keys[first_key]},
                 collapse_losses={"loss_moco": info_nce_collapse_loss(int(self.queues[first_key].filled))},
             )
@@ -338,6 +340,9 @@ class OACBYOL(_OACModel):
         super().__init__(cfg)
         self.byol_loss = BYOLLoss()
 
+    def parameter_groups(self):
+        return {"predictor": list(self.online_network.predictor.parameters())}
+
     def ssl_losses(self, view1, view2):
         images = {"view1": view1, "view2": view2}
         online_pooled, projections, predictions, targets = {}, {}, {}, {}
@@ -350,7 +355,7 @@ class OACBYOL(_OACModel):
                 targets[view] = self.target_network.projector[self.head_for(view)](target_pooled)
         loss = self.byol_loss(predictions["view1"], targets["view2"], predictions["view2"], targets["view1"])
         if self.training:
-            self.health = HealthRecord(
+            self._record_health(
                 embeddings={"projector": projections["view1"], "predictor": predictions["view1"],
                             "target_projector": targets["view2"]},
                 collapse_losses={"loss_byol": byol_collapse_loss(targets["view2"], targets["view1"])},
@@ -406,7 +411,7 @@ class OACDenseCL(_QueuedOACModel):
         if self.training:
             first_query, first_key = self.directions[0]
             collapsed = info_nce_collapse_loss(int(self.queues[first_key].filled))
-            self.health = HealthRecord(
+            self._record_health(
                 embeddings={"projector": online[first_query][1], "target_projector": target[first_key][1]},
                 collapse_losses={"loss_global": (1.0 - self.dense_weight) * collapsed,
                                  "loss_dense": self.dense_weight * collapsed},

@@ -18,7 +18,7 @@ from detectron2.structures import Boxes, ImageList
 from torch import nn
 
 from .heads import MLPHead
-from .health import HealthRecord, byol_collapse_loss
+from .health import byol_collapse_loss
 from .losses import BYOLLoss
 from .momentum_model import MomentumTargetModel, zero_init_residual_norms
 from .scale_aware_pooler import ScaleAwareROIPooler
@@ -122,10 +122,12 @@ class SoCo(MomentumTargetModel):
     """
 
     encoder_class = FPNObjectEncoder
+    dataset_mapper = "SoCoMapper"
 
     def __init__(self, cfg):
         super().__init__()
         soco = cfg.MODEL.SOCO
+        self.view_size = int(cfg.INPUT.SOCO.VIEW_SIZE)
         self.online_network = self.encoder_class(cfg)
         self.predictor = MLPHead(
             soco.PROJECTOR_OUT_DIM, soco.PREDICTOR_HIDDEN_DIM, soco.PROJECTOR_OUT_DIM, soco.HEAD_NORM
@@ -177,7 +179,7 @@ class SoCo(MomentumTargetModel):
         v1_rows = self._v1_rows(batched_inputs, len(own_views))
         block = {name: (1 + own_views.index(name) if name in own_views else 0) for name in pairs}
         if self.training:
-            self.health = HealthRecord(
+            self._record_health(
                 embeddings={"projector": online_projections["v1"], "predictor": online_predictions["v1"],
                             "target_projector": target_projections["v1"]},
                 collapse_losses={f"loss_v1_{name}": byol_collapse_loss(
@@ -195,6 +197,9 @@ class SoCo(MomentumTargetModel):
     def image_features(self, images):
         """(N, C) pooled res5 of the online bottom-up ResNet for normalized images (view retrieval)."""
         return self.online_network.backbone.bottom_up(images)["res5"].mean(dim=(2, 3))
+
+    def parameter_groups(self):
+        return {"predictor": list(self.predictor.parameters())}
 
     def _view_groups(self, batched_inputs, view_names):
         """Lists of view indices that go through the networks in one call: each view alone ("per_view"), or the
