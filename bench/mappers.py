@@ -143,14 +143,13 @@ class NaiveOACReference:
 
 
 def soco_cfg():
-    return get_pretrain_cfg()
+    return get_pretrain_cfg(None, ["MODEL.META_ARCHITECTURE", "SoCo"])
 
 
 def oac_cfg():
     """The OAC mapper at the paper's view size (224) and crop mode (obj-obj+dilate, δ = 0.1); s_min fixed at
     COCO's 0.51 (OAC §5) instead of estimated from a dataset."""
-    cfg = get_pretrain_cfg()
-    cfg.OBJPRETRAIN.MAPPER = "oac"
+    cfg = get_pretrain_cfg(None, ["MODEL.META_ARCHITECTURE", "OACMoCo"])
     cfg.INPUT.OAC.CROP_SCALE_MIN = 0.51
     return cfg
 

@@ -18,7 +18,7 @@ this process and of its live data-loader workers) and, on CUDA, peak GPU memory.
     # GPU, SoCo-R50-FPN at batch 64 with AMP, synthetic views (no data loading), channels-last, FLOPs and MFU
     python bench/train_step.py --config-file configs/soco_r50_fpn.yaml --device cuda --batch 64 --amp --synthetic \
         --channels-last --flops --peak-tflops 989
-    # the OAC demo configs (any OAC config: the synthetic batch follows OBJPRETRAIN.MAPPER)
+    # the OAC demo configs (any OAC config: the synthetic batch follows the model's mapper)
     python bench/train_step.py --config-file configs/demo/oac_moco_r18_demo.yaml --synthetic
 
 FLOPs (``--flops``): PyTorch's ``torch.utils.flop_counter.FlopCounterMode`` over one whole training step
@@ -45,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import objpretrain  # noqa: E402,F401
 from objpretrain.config import get_pretrain_cfg  # noqa: E402
 from objpretrain.engine import build_pretrain_optimizer, ema_update, unwrap_model  # noqa: E402
+from objpretrain.modeling.contract import dataset_mapper_name  # noqa: E402
 
 
 def synthetic_soco_batch(cfg, batch_size, seed=0):
@@ -84,7 +85,9 @@ def synthetic_oac_batch(cfg, batch_size, seed=0):
 
 
 def synthetic_batch(cfg, batch_size):
-    return (synthetic_oac_batch if cfg.OBJPRETRAIN.MAPPER == "oac" else synthetic_soco_batch)(cfg, batch_size)
+    """A batch of random inputs of the form the config's model takes (its mapper's outputs)."""
+    return {"SoCoMapper": synthetic_soco_batch, "OACMapper": synthetic_oac_batch}[dataset_mapper_name(cfg)](
+        cfg, batch_size)
 
 
 def fvcore_forward_macs(model, batch):
@@ -209,7 +212,7 @@ def time_steps(cfg, args, view_batching=None, foreach=True):
         "amp": args.amp,
         "channels_last": args.channels_last,
         "compile": args.compile,
-        "view_batching": cfg.MODEL.SOCO.VIEW_BATCHING if cfg.OBJPRETRAIN.MAPPER == "soco" else None,
+        "view_batching": cfg.MODEL.SOCO.VIEW_BATCHING if dataset_mapper_name(cfg) == "SoCoMapper" else None,
         "foreach": foreach,
         "data": "synthetic" if args.synthetic else f"loader, {cfg.DATALOADER.NUM_WORKERS} workers",
         "iters": args.iters,
@@ -277,7 +280,7 @@ def main():
     if not args.compare:
         write(time_steps(cfg, args, args.view_batching, not args.no_foreach), args.json)
         return
-    variants = COMPARE_VARIANTS if cfg.OBJPRETRAIN.MAPPER == "soco" else [
+    variants = COMPARE_VARIANTS if dataset_mapper_name(cfg) == "SoCoMapper" else [
         (name, None, foreach) for name, batching, foreach in COMPARE_VARIANTS if batching == "per_view"]
     # Passes A B C, A B C, ...: the first variant timed in a fresh process runs slower (allocator and thread-pool
     # warm-up), which would flatter the others; each variant's images/s is the mean over the passes.

@@ -10,6 +10,13 @@ Learning" (NeurIPS 2021); "OAC" is Mishra et al., "Object-aware Cropping for Sel
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+__all__ = ["ConfigError", "add_objpretrain_config", "get_pretrain_cfg"]
+
+
+class ConfigError(ValueError):
+    """A problem with a config that the user fixes with an override or a command; the message is one line that names
+    the key, its value and what would do (tools print it and exit with status 2, before any process starts)."""
+
 
 def add_objpretrain_config(cfg):
     """Adds every objpretrain key to ``cfg`` in place (idempotent)."""
@@ -39,8 +46,10 @@ def get_pretrain_cfg(config_file=None, opts=None):
 def _add_general_config(cfg):
     _C = cfg
     _C.OBJPRETRAIN = CN()
-    # Which pretraining dataset mapper builds the views: "soco" (SoCo §3.2) or "oac" (OAC §4.1).
-    _C.OBJPRETRAIN.MAPPER = "soco"
+    # The pretraining dataset mapper. Each pretraining meta-architecture names the one it takes (SoCo: SoCoMapper,
+    # SoCo §3.2; OAC models: OACMapper, OAC §4.1; objpretrain.modeling.contract); "" uses it. Configs written before
+    # that may still name it, by its registered or its short name ("soco", "oac"): it must be the model's.
+    _C.OBJPRETRAIN.MAPPER = ""
     # What to do with an image that fails to decode in the pretraining loader: "skip" logs and counts it
     # and draws another image; "raise" stops with the file name.
     _C.OBJPRETRAIN.BAD_IMAGE_POLICY = "skip"

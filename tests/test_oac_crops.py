@@ -37,8 +37,7 @@ def coordinate_image(tmp_path_factory):
 
 
 def _cfg(**oac):
-    cfg = get_pretrain_cfg()
-    cfg.OBJPRETRAIN.MAPPER = "oac"
+    cfg = get_pretrain_cfg(None, ["MODEL.META_ARCHITECTURE", "OACMoCo"])
     cfg.INPUT.OAC.CROP_SIZE = 32
     cfg.INPUT.OAC.CROP_SCALE_MIN = 0.5
     for key, value in oac.items():

@@ -22,7 +22,7 @@ ORIG_W, ORIG_H = 128, 96
 
 
 def _cfg(**overrides):
-    cfg = get_pretrain_cfg()
+    cfg = get_pretrain_cfg(None, ["MODEL.META_ARCHITECTURE", "SoCo"])
     for key, value in overrides.items():
         cfg.merge_from_list([f"INPUT.SOCO.{key}", value])
     return cfg

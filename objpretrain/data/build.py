@@ -1,9 +1,10 @@
 """Training data loaders whose stream resumes exactly: pretraining (dataset dicts with proposals, a registered
 mapper) and fine-tuning (Detectron2's DatasetMapper and aspect-ratio grouping).
 
-Mappers live in ``MAPPER_REGISTRY`` and are built as ``Mapper(cfg, is_train=True)``. ``cfg.OBJPRETRAIN.MAPPER``
-names one either by its registered class name (``"SoCoMapper"``) or by the short lower-case name that drops
-the ``Mapper`` suffix (``"soco"`` for ``SoCoMapper``, ``"oac"`` for ``OACMapper``), which is what the configs use.
+Pretraining mappers live in ``MAPPER_REGISTRY`` and derive from :class:`PretrainMapper`. The pretraining model names
+the one it takes (``PretrainingModel.dataset_mapper``, resolved by ``objpretrain.modeling.contract.
+dataset_mapper_name``); the loader builds it as ``Mapper(cfg, is_train=True, dataset_dicts=...)`` with the dicts it
+loaded itself.
 """
 import logging
 import pickle
@@ -15,10 +16,12 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.registry import Registry
 
+from ..modeling.contract import dataset_mapper_name
 from .samplers import AspectRatioGroupedSampler, PositionSeededDataset, ResumableTrainingSampler
 
 __all__ = [
     "MAPPER_REGISTRY",
+    "PretrainMapper",
     "build_mapper",
     "build_pretrain_loader",
     "build_resumable_detection_train_loader",
@@ -30,26 +33,29 @@ logger = logging.getLogger(__name__)
 
 MAPPER_REGISTRY = Registry("OBJPRETRAIN_MAPPER")
 MAPPER_REGISTRY.__doc__ = """
-Registry for pretraining dataset mappers: callables ``Mapper(cfg, is_train=True)`` that turn one dataset dict
-into one model input dict (see docs/design.md, "Mapper outputs"), or ``None`` to skip the image.
+Registry for pretraining dataset mappers: :class:`PretrainMapper` subclasses, built as
+``Mapper(cfg, is_train=True, dataset_dicts=None)``, that turn one dataset dict into one model input dict (see
+docs/design.md, "Mapper outputs"), or ``None`` to skip the image.
 """
 
-_MAPPER_SUFFIX = "mapper"
+
+class PretrainMapper:
+    """What the pretraining loader asks of a mapper, besides ``__call__(dataset_dict)``: the items of an epoch.
+
+    ``__init__(cfg, is_train=True, dataset_dicts=None)``: ``dataset_dicts`` are the loader's dataset dicts (with
+    proposals), for a mapper that derives settings from the dataset (the OAC mapper's s_min); None when it is built
+    on its own.
+    """
+
+    def dataset_items(self, dataset_dicts):
+        """The items of an epoch, which ``__call__`` maps and SOLVER.EPOCHS counts: the dataset dicts themselves,
+        unless a mapper splits them (the OAC mapper with INPUT.OAC.ITEM_PER_BOX: one item per box)."""
+        return dataset_dicts
 
 
-def build_mapper(cfg, is_train=True):
-    """The mapper named by ``cfg.OBJPRETRAIN.MAPPER`` (registered name, or short name without "Mapper")."""
-    name = cfg.OBJPRETRAIN.MAPPER
-    by_short_name = {
-        registered.lower()[: -len(_MAPPER_SUFFIX)]: registered
-        for registered, _ in MAPPER_REGISTRY
-        if registered.lower().endswith(_MAPPER_SUFFIX)
-    }
-    registered = name if name in MAPPER_REGISTRY else by_short_name.get(name.lower())
-    if registered is None:
-        known = sorted(set(by_short_name) | {registered for registered, _ in MAPPER_REGISTRY})
-        raise KeyError(f"cfg.OBJPRETRAIN.MAPPER={name!r} is not a registered mapper; known: {known}")
-    return MAPPER_REGISTRY.get(registered)(cfg, is_train=is_train)
+def build_mapper(cfg, is_train=True, dataset_dicts=None):
+    """The mapper of ``cfg``'s pretraining model (:func:`~objpretrain.modeling.contract.dataset_mapper_name`)."""
+    return MAPPER_REGISTRY.get(dataset_mapper_name(cfg))(cfg, is_train=is_train, dataset_dicts=dataset_dicts)
 
 
 def get_pretrain_dataset_dicts(cfg):
@@ -109,15 +115,8 @@ def build_pretrain_loader(cfg):
     With ``cfg.SEED < 0`` a random seed is drawn (the same on every rank) and kept in the trainer's checkpoints.
     """
     dataset = get_pretrain_dataset_dicts(cfg)
-    if not cfg.DATASETS.PROPOSAL_FILES_TRAIN and cfg.OBJPRETRAIN.MAPPER == "soco":
-        logger.warning(
-            "cfg.DATASETS.PROPOSAL_FILES_TRAIN is empty: no image has proposals (the SoCo mapper then pads "
-            "every image per INPUT.SOCO.FALLBACK=%r)", cfg.INPUT.SOCO.FALLBACK,
-        )
-    mapper = build_mapper(cfg, is_train=True)
-    # A mapper may define the items of an epoch (the OAC mapper with INPUT.OAC.ITEM_PER_BOX: one per box).
-    items = mapper.dataset_items(dataset) if hasattr(mapper, "dataset_items") else dataset
-    return build_resumable_loader(cfg, items, mapper, aspect_ratio_grouping=False)
+    mapper = build_mapper(cfg, is_train=True, dataset_dicts=dataset)
+    return build_resumable_loader(cfg, mapper.dataset_items(dataset), mapper, aspect_ratio_grouping=False)
 
 
 def build_resumable_detection_train_loader(cfg, mapper=None):

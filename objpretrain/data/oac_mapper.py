@@ -40,7 +40,7 @@ from .boxes_oac import (
     sample_crop_in_region,
     widen_small_box_official,
 )
-from .build import MAPPER_REGISTRY, get_pretrain_dataset_dicts
+from .build import MAPPER_REGISTRY, PretrainMapper, get_pretrain_dataset_dicts
 from .image_io import BadImageError, read_image_rgb, resize_rgb
 
 __all__ = ["OACMapper", "CROP_MODES", "estimate_crop_scale_min", "oriented_image_size", "source_boxes"]
@@ -57,7 +57,7 @@ _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 
 @MAPPER_REGISTRY.register()
-class OACMapper:
+class OACMapper(PretrainMapper):
     """Maps a dataset dict to ``{"image_id", "file_name", "view1", "view2", "rotation_label"}`` plus
     ``"whole_image"`` and ``"loc_target"`` when ``MODEL.OAC.LAMBDA_LOC > 0`` (see docs/design.md)."""
 

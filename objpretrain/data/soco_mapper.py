@@ -72,7 +72,7 @@ from detectron2.utils.logger import log_every_n_seconds, log_first_n
 from PIL import Image
 
 from .augmentations import build_byol_augmentations
-from .build import MAPPER_REGISTRY
+from .build import MAPPER_REGISTRY, PretrainMapper
 from .image_io import BadImageError, read_image_rgb, resize_rgb
 
 __all__ = ["SoCoMapper"]
@@ -121,14 +121,15 @@ class ResizeTransform(T.ResizeTransform):
 
 
 @MAPPER_REGISTRY.register()
-class SoCoMapper:
+class SoCoMapper(PretrainMapper):
     """Maps a dataset dict with ``proposal_boxes`` to SoCo's views and boxes (docs/design.md, "SoCo mapper").
 
     Returns ``None`` for an unreadable image when ``OBJPRETRAIN.BAD_IMAGE_POLICY == "skip"`` (logged and
     counted; Detectron2's ``MapDataset`` then draws another image), and raises naming the file on ``"raise"``.
     """
 
-    def __init__(self, cfg, is_train=True):
+    def __init__(self, cfg, is_train=True, dataset_dicts=None):
+        # dataset_dicts: not needed, nothing of the SoCo views depends on the dataset as a whole.
         soco = cfg.INPUT.SOCO
         self.view_size = int(soco.VIEW_SIZE)
         self.v3_size = int(soco.V3_SIZE)
@@ -158,6 +159,14 @@ class SoCoMapper:
         self.first_view_aug, self.other_view_aug = build_byol_augmentations(soco)
         self._check_config()
         self.counters = Counter()
+
+    def dataset_items(self, dataset_dicts):
+        """The dicts themselves; a warning when none has proposals (no DATASETS.PROPOSAL_FILES_TRAIN): every image
+        is then padded per INPUT.SOCO.FALLBACK."""
+        if not any("proposal_boxes" in d for d in dataset_dicts):
+            logger.warning("No image of the training set has proposals (DATASETS.PROPOSAL_FILES_TRAIN is empty?): the "
+                           "SoCo mapper pads every image per INPUT.SOCO.FALLBACK=%r", self.fallback)
+        return dataset_dicts
 
     def _check_config(self):
         problems = []

@@ -8,11 +8,13 @@ meta-architecture in META_ARCH_REGISTRY derives from it, through ``objpretrain.m
 """
 from abc import ABCMeta, abstractmethod
 
+from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
+from ..config import ConfigError
 from .health import HealthRecord
 
-__all__ = ["PretrainingModel"]
+__all__ = ["PretrainingModel", "dataset_mapper_name", "pretraining_model_class"]
 
 
 class PretrainingModel(nn.Module, metaclass=ABCMeta):
@@ -76,3 +78,30 @@ class PretrainingModel(nn.Module, metaclass=ABCMeta):
     def device(self):
         """The device of the model's parameters and buffers."""
 
+
+def pretraining_model_class(cfg):
+    """The class of MODEL.META_ARCHITECTURE; a :class:`ConfigError` when it is not registered or is not a
+    :class:`PretrainingModel`."""
+    name = cfg.MODEL.META_ARCHITECTURE
+    registered = dict(META_ARCH_REGISTRY)
+    pretraining = sorted(n for n, c in registered.items() if isinstance(c, type) and issubclass(c, PretrainingModel))
+    model_class = registered.get(name)
+    if not (isinstance(model_class, type) and issubclass(model_class, PretrainingModel)):
+        known = "is not a registered meta-architecture" if model_class is None else "is not a pretraining model"
+        raise ConfigError(f"MODEL.META_ARCHITECTURE {name!r} {known}; the pretraining models are {pretraining}")
+    return model_class
+
+
+def dataset_mapper_name(cfg):
+    """The registered name of the dataset mapper that pretrains ``cfg``'s model: the one its class declares
+    (``dataset_mapper``). OBJPRETRAIN.MAPPER may be empty, or name that mapper (registered name, or short name
+    without "Mapper", in any case) as configs did before models declared it; another name is a :class:`ConfigError`
+    that names both."""
+    declared = pretraining_model_class(cfg).dataset_mapper
+    configured = cfg.OBJPRETRAIN.MAPPER
+    spellings = {declared.lower(), declared.lower().removesuffix("mapper")}
+    if configured and configured.lower() not in spellings:
+        raise ConfigError(f"OBJPRETRAIN.MAPPER is {configured!r} but MODEL.META_ARCHITECTURE "
+                          f"{cfg.MODEL.META_ARCHITECTURE!r} takes the {declared}; drop the OBJPRETRAIN.MAPPER override "
+                          "(the model names its mapper) or choose the meta-architecture of that mapper")
+    return declared
