@@ -11,7 +11,8 @@ from detectron2.solver import get_default_optimizer_params
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from objpretrain.config import get_pretrain_cfg
+from objpretrain.config import ConfigError, get_pretrain_cfg
+from objpretrain.config_validation import validate_config
 from objpretrain.engine import (
     LARS,
     AtomicDetectionCheckpointer,
@@ -198,8 +199,10 @@ def test_predictor_lr_factor_scales_exactly_the_predictor(repo_root, optimizer_n
 def test_optimizer_choice():
     model = nn.Linear(2, 2)
     assert isinstance(build_pretrain_optimizer(solver_cfg("SOLVER.OPTIMIZER", "SGD"), model), torch.optim.SGD)
-    with pytest.raises(ValueError, match="SOLVER.OPTIMIZER"):
-        build_pretrain_optimizer(solver_cfg("SOLVER.OPTIMIZER", "Adam"), model)
+    assert isinstance(build_pretrain_optimizer(solver_cfg("SOLVER.OPTIMIZER", "lars"), model), LARS)  # any case
+    validate_config(solver_cfg("SOLVER.OPTIMIZER", "lars"))
+    with pytest.raises(ConfigError, match="^SOLVER.OPTIMIZER is 'Adam'; allowed: 'LARS', 'SGD'$"):
+        validate_config(solver_cfg("SOLVER.OPTIMIZER", "Adam"))
 
 
 # ---- lr scaling and schedule (SoCo §4.1) ----
@@ -216,8 +219,8 @@ def test_square_root_lr_scaling_rule():
                      "SOLVER.LR_SCALING", "sqrt")
     assert scaled_base_lr(cfg) == pytest.approx(0.05 * 8 ** 0.5)
     cfg.SOLVER.LR_SCALING = "cubic"
-    with pytest.raises(ValueError, match="LR_SCALING"):
-        scaled_base_lr(cfg)
+    with pytest.raises(ConfigError, match="LR_SCALING"):
+        validate_config(cfg)
 
 
 def test_epochs_become_iterations_from_the_dataset_size():
@@ -227,8 +230,8 @@ def test_epochs_become_iterations_from_the_dataset_size():
     assert (resolved.SOLVER.MAX_ITER, resolved.SOLVER.WARMUP_ITERS) == (62557, 6256)
     assert resolved.is_frozen() and cfg.SOLVER.MAX_ITER != 62557
     assert resolve_schedule(resolved, num_images=1281167).SOLVER.MAX_ITER == 62557
-    with pytest.raises(ValueError, match="WARMUP_EPOCHS"):
-        resolve_schedule(solver_cfg("SOLVER.WARMUP_EPOCHS", "1"), num_images=10)
+    with pytest.raises(ConfigError, match="WARMUP_EPOCHS is 1; is set but SOLVER.EPOCHS is not"):
+        validate_config(solver_cfg("SOLVER.WARMUP_EPOCHS", "1"))
 
 
 def test_warmup_longer_than_the_run_is_capped():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
 
-from objpretrain.config import get_pretrain_cfg
+from objpretrain.config import ConfigError, get_pretrain_cfg
 from objpretrain.data.build import MAPPER_REGISTRY
 from objpretrain.engine import PretrainTrainer
 from objpretrain.modeling.contract import PretrainingModel
@@ -71,5 +71,5 @@ def test_a_training_forward_records_health_for_the_hook(repo_root):
 
 def test_the_pretraining_trainer_refuses_a_model_outside_the_contract(repo_root):
     cfg = get_pretrain_cfg(os.path.join(repo_root, "configs/demo/finetune_trees_r18_fpn.yaml"), ["MODEL.DEVICE", "cpu"])
-    with pytest.raises(TypeError, match="'GeneralizedRCNN' built a GeneralizedRCNN, not a pretraining model"):
-        PretrainTrainer.build_model(cfg)
+    with pytest.raises(ConfigError, match="^MODEL.META_ARCHITECTURE 'GeneralizedRCNN' is not a pretraining model"):
+        PretrainTrainer(cfg)

@@ -10,7 +10,8 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from objpretrain.config import get_pretrain_cfg
+from objpretrain.config import ConfigError, get_pretrain_cfg
+from objpretrain.config_validation import validate_config
 from objpretrain.engine.momentum import ema_update
 from objpretrain.modeling.losses.dense_contrastive import DenseContrastiveLoss, match_dense_positions
 from objpretrain.modeling.losses.infonce import InfoNCELoss
@@ -251,8 +252,8 @@ def test_separate_heads_can_start_equal_and_then_train_apart(arch):
     independent = build_model(_tiny_cfg(arch, separate=True)).online_network.projector
     assert not torch.allclose(next(independent["view1"].parameters()), next(independent["view2"].parameters()))
     cfg.MODEL.OAC.SEPARATE_HEADS_INIT = "same"
-    with pytest.raises(ValueError, match="SEPARATE_HEADS_INIT"):
-        build_model(cfg)
+    with pytest.raises(ConfigError, match="SEPARATE_HEADS_INIT"):
+        validate_config(cfg)
 
 
 @pytest.mark.parametrize("arch,expected", [

@@ -8,7 +8,8 @@ from detectron2.structures import Boxes
 from torch import nn
 
 import objpretrain  # noqa: F401  (registers SoCo / SoCoC4)
-from objpretrain.config import get_pretrain_cfg
+from objpretrain.config import ConfigError, get_pretrain_cfg
+from objpretrain.config_validation import validate_config
 from objpretrain.engine.momentum import ema_update
 from objpretrain.modeling.losses import BYOLLoss, byol_loss, byol_pair_loss
 from objpretrain.modeling.scale_aware_pooler import ScaleAwareROIPooler, assign_boxes_to_scale_bands
@@ -281,8 +282,8 @@ def test_views_batched_per_size_compute_what_per_view_calls_compute(repo_root):
     train_view, train_size = results["per_view", "train"][0], results["per_size", "train"][0]
     assert train_size != pytest.approx(train_view, rel=1e-4)
     assert train_size == pytest.approx(train_view, rel=0.2)
-    with pytest.raises(ValueError, match="VIEW_BATCHING"):
-        build_model(tiny_cfg(repo_root, "MODEL.SOCO.VIEW_BATCHING", "all"))
+    with pytest.raises(ConfigError, match="VIEW_BATCHING"):
+        validate_config(tiny_cfg(repo_root, "MODEL.SOCO.VIEW_BATCHING", "all"))
 
 
 def test_pairs_weighting_uses_the_box_ids(repo_root):
@@ -301,8 +302,8 @@ def test_pairs_weighting_uses_the_box_ids(repo_root):
         x["box_ids"] = [torch.tensor([0, 0, 1])] * 3
         x["boxes"] = [torch.stack([b[0], b[0], b[2]]) for b in x["boxes"]]
     assert model(batch)["loss_v1_v2"].item() != pytest.approx(rows_model(batch)["loss_v1_v2"].item(), rel=1e-3)
-    with pytest.raises(ValueError, match="REPEATED_BOX_WEIGHTING"):
-        build_model(tiny_cfg(repo_root, "MODEL.SOCO.REPEATED_BOX_WEIGHTING", "objects"))
+    with pytest.raises(ConfigError, match="REPEATED_BOX_WEIGHTING"):
+        validate_config(tiny_cfg(repo_root, "MODEL.SOCO.REPEATED_BOX_WEIGHTING", "objects"))
 
 
 def test_soco_parameter_names_match_detectron2_and_the_target_mirrors_the_online_network(repo_root, tiny_soco):

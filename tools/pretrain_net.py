@@ -55,7 +55,7 @@ def preflight(args):
     """Registers the config's datasets and checks it can run here, before any process is launched."""
     cfg = get_pretrain_cfg(args.config_file, args.opts)
     register_datasets_from_cfg(cfg)
-    check_runnable(cfg, num_processes=args.num_gpus * args.num_machines)
+    check_runnable(cfg, num_processes=args.num_gpus * args.num_machines, pretraining=True)
 
 
 if __name__ == "__main__":

@@ -95,9 +95,6 @@ class HealthMonitorHook(HookBase):
         self.min_movement = float(health.MIN_MOVEMENT)
         self.patience = int(health.PATIENCE)
         self.stop_on_collapse = bool(health.STOP_ON_COLLAPSE)
-        if self.period < 1 or self.patience < 1:
-            raise ValueError(f"OBJPRETRAIN.HEALTH.PERIOD ({health.PERIOD}, 0 = LOG_PERIOD) and PATIENCE "
-                             f"({health.PATIENCE}) must be positive")
         self.cfg = cfg
         self.output_dir = cfg.OUTPUT_DIR
         self.initial_retrieval = None

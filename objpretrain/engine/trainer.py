@@ -24,6 +24,7 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter, Tensorboard
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
+from ..config_validation import NONFINITE_LOSS_POLICIES, validate_config
 from ..modeling.contract import PretrainingModel
 from .checkpoint import AtomicDetectionCheckpointer
 from .distributed import create_ddp_model
@@ -45,23 +46,15 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-NONFINITE_LOSS_POLICIES = ("raise", "skip")
-
-
 def scaled_base_lr(cfg):
     """``BASE_LR * IMS_PER_BATCH / LR_SCALE_BATCH_SIZE`` (SoCo §4.1, Goyal et al.; SOLVER.LR_SCALING "linear") or
     ``BASE_LR * sqrt(IMS_PER_BATCH / LR_SCALE_BATCH_SIZE)`` ("sqrt"), or BASE_LR when the scaling is off
     (LR_SCALE_BATCH_SIZE = 0)."""
     reference = cfg.SOLVER.LR_SCALE_BATCH_SIZE
-    if reference < 0:
-        raise ValueError(f"SOLVER.LR_SCALE_BATCH_SIZE must be >= 0, got {reference}")
-    rule = cfg.SOLVER.LR_SCALING
-    if rule not in ("linear", "sqrt"):
-        raise ValueError(f"SOLVER.LR_SCALING must be 'linear' or 'sqrt', got {rule!r}")
     if reference == 0:
         return cfg.SOLVER.BASE_LR
     ratio = cfg.SOLVER.IMS_PER_BATCH / reference
-    return cfg.SOLVER.BASE_LR * (ratio if rule == "linear" else math.sqrt(ratio))
+    return cfg.SOLVER.BASE_LR * (ratio if cfg.SOLVER.LR_SCALING == "linear" else math.sqrt(ratio))
 
 
 def resolve_schedule(cfg, num_images=None):
@@ -76,10 +69,6 @@ def resolve_schedule(cfg, num_images=None):
     Idempotent.
     """
     solver = cfg.SOLVER
-    if solver.EPOCHS <= 0 and solver.WARMUP_EPOCHS > 0:
-        raise ValueError("SOLVER.WARMUP_EPOCHS is set but SOLVER.EPOCHS is not; set both or neither")
-    if solver.WARMUP_EPOCHS > solver.EPOCHS > 0:
-        raise ValueError(f"SOLVER.WARMUP_EPOCHS ({solver.WARMUP_EPOCHS}) exceeds SOLVER.EPOCHS ({solver.EPOCHS})")
     max_iter, warmup_iters = solver.MAX_ITER, solver.WARMUP_ITERS
     if solver.EPOCHS > 0:
         if num_images is None:
@@ -132,8 +121,6 @@ def _split_bias_and_norm(param_groups):
 def _scale_predictor_lr(model, param_groups, factor):
     """The groups with the model's predictor parameters (``PretrainingModel.parameter_groups()["predictor"]``:
     BYOL's and SoCo's q) at ``factor`` x their lr, in groups of their own; unchanged when factor is 1."""
-    if factor <= 0:
-        raise ValueError(f"SOLVER.PREDICTOR_LR_FACTOR must be positive, got {factor}")
     if factor == 1.0:
         return param_groups
     groups = model.parameter_groups() if isinstance(model, PretrainingModel) else {}
@@ -144,7 +131,8 @@ def _scale_predictor_lr(model, param_groups, factor):
 
 
 def build_pretrain_optimizer(cfg, model):
-    """LARS (SoCo §4.1) or momentum SGD over the trainable parameters, at :func:`scaled_base_lr`.
+    """LARS (SoCo §4.1) or momentum SGD (SOLVER.OPTIMIZER, which ``validate_config`` checked) over the trainable
+    parameters, at :func:`scaled_base_lr`.
 
     Biases and norm parameters get no weight decay (Detectron2's ``get_default_optimizer_params``), and LARS
     does not adapt them either (BYOL). Detectron2's SOLVER.CLIP_GRADIENTS applies to both.
@@ -154,8 +142,7 @@ def build_pretrain_optimizer(cfg, model):
         model, base_lr=lr, weight_decay=cfg.SOLVER.WEIGHT_DECAY, weight_decay_norm=0.0, weight_decay_bias=0.0
     )
     params = _scale_predictor_lr(model, params, cfg.SOLVER.PREDICTOR_LR_FACTOR)
-    name = cfg.SOLVER.OPTIMIZER.upper()
-    if name == "LARS":
+    if cfg.SOLVER.OPTIMIZER.upper() == "LARS":
         return maybe_add_gradient_clipping(cfg, LARS)(
             _split_bias_and_norm(params),
             lr=lr,
@@ -164,11 +151,9 @@ def build_pretrain_optimizer(cfg, model):
             trust_coefficient=cfg.SOLVER.LARS_TRUST_COEFFICIENT,
             eps=cfg.SOLVER.LARS_EPS,
         )
-    if name == "SGD":
-        return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
-            params, lr=lr, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV
-        )
-    raise ValueError(f"SOLVER.OPTIMIZER must be 'LARS' or 'SGD', got {cfg.SOLVER.OPTIMIZER!r}")
+    return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
+        params, lr=lr, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV
+    )
 
 
 def use_channels_last(model, device, enabled=True):
@@ -285,6 +270,8 @@ class PretrainTrainer(ResumableDataStreamMixin, DefaultTrainer):
     """DefaultTrainer for pretraining: see the module docstring. ``test`` returns {} (no evaluation)."""
 
     def __init__(self, cfg):
+        # Checked by preflight before launch too; here for a trainer built from Python.
+        validate_config(cfg, num_processes=comm.get_world_size(), pretraining=True)
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -308,11 +295,7 @@ class PretrainTrainer(ResumableDataStreamMixin, DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        model = super().build_model(cfg)
-        if not isinstance(model, PretrainingModel):
-            raise TypeError(f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r} built a {type(model).__name__}, "
-                            "not a pretraining model (objpretrain.modeling.contract.PretrainingModel)")
-        return use_channels_last(model, cfg.MODEL.DEVICE, cfg.MODEL.CHANNELS_LAST)
+        return use_channels_last(super().build_model(cfg), cfg.MODEL.DEVICE, cfg.MODEL.CHANNELS_LAST)
 
     @classmethod
     def build_optimizer(cls, cfg, model):

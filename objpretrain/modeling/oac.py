@@ -160,10 +160,6 @@ class _OACModel(MomentumTargetModel):
         self._build_online_heads(cfg, self.feature_dim)
         if len(self.head_names) == 2 and oac.SEPARATE_HEADS_INIT == "equal":
             self._copy_view1_heads_to_view2()
-        elif oac.SEPARATE_HEADS_INIT not in ("equal", "independent"):
-            raise ValueError(
-                f"MODEL.OAC.SEPARATE_HEADS_INIT must be 'independent' or 'equal', got {oac.SEPARATE_HEADS_INIT!r}"
-            )
         if cfg.MODEL.RESNETS.ZERO_INIT_RESIDUAL:
             zero_init_residual_norms(self.online_network.backbone)
         self.target_network = nn.Module()
@@ -377,8 +373,6 @@ class OACDenseCL(_QueuedOACModel):
 
     def __init__(self, cfg):
         oac = cfg.MODEL.OAC
-        if not 0.0 <= oac.DENSE_LOSS_WEIGHT <= 1.0:
-            raise ValueError(f"MODEL.OAC.DENSE_LOSS_WEIGHT must be in [0, 1], got {oac.DENSE_LOSS_WEIGHT}")
         super().__init__(cfg)
         self.dense_weight = float(oac.DENSE_LOSS_WEIGHT)
         self.dense_queues = self._key_queues(cfg)

@@ -140,14 +140,7 @@ class SoCo(MomentumTargetModel):
         self.momentum_end = soco.MOMENTUM_END
         self.loss = BYOLLoss()
         self.view_batching = soco.VIEW_BATCHING
-        if self.view_batching not in ("per_view", "per_size"):
-            raise ValueError(f'MODEL.SOCO.VIEW_BATCHING must be "per_view" or "per_size", got {self.view_batching!r}')
         self.repeated_box_weighting = soco.REPEATED_BOX_WEIGHTING
-        if self.repeated_box_weighting not in ("rows", "pairs"):
-            raise ValueError(f'MODEL.SOCO.REPEATED_BOX_WEIGHTING must be "rows" or "pairs", got '
-                             f"{self.repeated_box_weighting!r}")
-        if len(cfg.MODEL.PIXEL_MEAN) != 3 or len(cfg.MODEL.PIXEL_STD) != 3:
-            raise ValueError("SoCo takes RGB views: MODEL.PIXEL_MEAN and MODEL.PIXEL_STD need 3 values")
         self._register_pixel_normalization(cfg)
 
     def forward(self, batched_inputs):
