@@ -11,30 +11,25 @@ import logging
 import math
 import os
 import time
-import weakref
 
 import torch
 import torch.distributed as dist
 from detectron2.data import DatasetCatalog
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter, get_event_storage
 from detectron2.utils.file_io import PathManager
-from detectron2.utils.logger import setup_logger
 
-from ..config_validation import NONFINITE_LOSS_POLICIES, validate_config
+from ..config_validation import NONFINITE_LOSS_POLICIES
 from ..modeling.contract import PretrainingModel
-from .checkpoint import AtomicDetectionCheckpointer
-from .distributed import create_ddp_model
+from .defaults import ResumableTrainer
 from .health import HealthMonitorHook
 from .lars import LARS
 from .momentum import MomentumTargetHook, unwrap_model
-from .resumable import ResumableDataStreamMixin
 
 __all__ = [
-    "AtomicDetectionCheckpointer",
     "PretrainAMPTrainer",
     "PretrainSimpleTrainer",
     "PretrainTrainer",
@@ -266,32 +261,22 @@ class PretrainAMPTrainer(_GuardedStepMixin, AMPTrainer):
         self._put_throughput(data, start)
 
 
-class PretrainTrainer(ResumableDataStreamMixin, DefaultTrainer):
-    """DefaultTrainer for pretraining: see the module docstring. ``test`` returns {} (no evaluation)."""
+class PretrainTrainer(ResumableTrainer):
+    """``ResumableTrainer`` (``objpretrain.engine.defaults``) for pretraining: see the module docstring. Its builders
+    give the pretraining loader, the schedule in epochs, LARS or SGD, the guarded step, and the hooks of a
+    pretraining model (momentum target, health). ``test`` returns {} (no evaluation)."""
 
-    def __init__(self, cfg):
-        # Checked by preflight before launch too; here for a trainer built from Python.
-        validate_config(cfg, num_processes=comm.get_world_size(), pretraining=True)
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        data_loader = self.build_train_loader(cfg)
+    pretraining = True
+
+    @classmethod
+    def schedule_config(cls, cfg, data_loader):
         # Epochs count the loader's items: images, or boxes with INPUT.OAC.ITEM_PER_BOX.
-        cfg = resolve_schedule(cfg, num_images=getattr(data_loader, "num_items", None))
+        return resolve_schedule(cfg, num_images=getattr(data_loader, "num_items", None))
 
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        model = create_ddp_model(model, broadcast_buffers=False)
+    @classmethod
+    def build_step_trainer(cls, cfg, model, data_loader, optimizer):
         step_trainer = PretrainAMPTrainer if cfg.SOLVER.AMP.ENABLED else PretrainSimpleTrainer
-        self._trainer = step_trainer(model, data_loader, optimizer, cfg.OBJPRETRAIN.NONFINITE_LOSS_POLICY)
-
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicDetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        return step_trainer(model, data_loader, optimizer, cfg.OBJPRETRAIN.NONFINITE_LOSS_POLICY)
 
     @classmethod
     def build_model(cls, cfg):
