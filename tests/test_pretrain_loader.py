@@ -129,6 +129,39 @@ def test_one_proposal_file_per_dataset_is_required(loader_cfg):
         get_pretrain_dataset_dicts(loader_cfg)
 
 
+def test_the_oac_loader_loads_the_dataset_once_and_reads_each_proposal_file_once(loader_cfg, monkeypatch):
+    """The OAC mapper derives s_min from the loader's dataset dicts (no second load), and the proposal file is read
+    once for both its proposals and the recipe check of OBJPRETRAIN.PROPOSAL_PRESET."""
+    import builtins
+
+    from objpretrain.data.oac_mapper import estimate_crop_scale_min
+
+    loader_cfg.MODEL.META_ARCHITECTURE = "OACMoCo"
+    loader_cfg.INPUT.OAC.CROP_SCALE_MIN = 0.0  # estimated from the proposals
+    loader_cfg.OBJPRETRAIN.PROPOSAL_PRESET = "soco_official"
+    path = loader_cfg.DATASETS.PROPOSAL_FILES_TRAIN[0]
+    dataset_loads, reads, real_open = [], [], builtins.open
+    real_get = DatasetCatalog.get
+
+    def counting_open(file, *args, **kwargs):
+        if str(file) == path:
+            reads.append(file)
+        return real_open(file, *args, **kwargs)
+
+    def counting_get(name):
+        dataset_loads.append(name)
+        return real_get(name)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(DatasetCatalog, "get", counting_get)
+    loader = build_pretrain_loader(loader_cfg)
+    assert len(reads) == 1 and dataset_loads == list(loader_cfg.DATASETS.TRAIN)
+    monkeypatch.undo()
+    mapper = loader.dataset.dataset._mapper
+    expected = estimate_crop_scale_min(get_pretrain_dataset_dicts(loader_cfg), 0.2, 10)
+    assert mapper.object_scale == (pytest.approx(expected), 1.0)
+
+
 def test_loader_without_proposal_files_uses_the_fallback(loader_cfg, caplog):
     loader_cfg.DATASETS.PROPOSAL_FILES_TRAIN = ()
     loader_cfg.INPUT.SOCO.FALLBACK = "random"

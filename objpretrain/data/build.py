@@ -72,22 +72,43 @@ def get_pretrain_dataset_dicts(cfg):
             f"cfg.DATASETS.PROPOSAL_FILES_TRAIN has {len(proposal_files)} files for {len(names)} datasets "
             f"in cfg.DATASETS.TRAIN ({names}); give one proposal file per dataset, in the same order"
         )
-    if proposal_files and cfg.OBJPRETRAIN.PROPOSAL_PRESET and comm.is_main_process():
-        from .proposals import recipe_mismatch  # the proposal package imports the backends (OpenCV, skimage)
+    if proposal_files is None:
+        return get_detection_dataset_dicts(names, filter_empty=False)
+    from .proposals import load_proposal_file, recipe_mismatch  # the proposal package loads OpenCV and skimage
 
-        for path in proposal_files:
-            mismatch = recipe_mismatch(path, cfg.OBJPRETRAIN.PROPOSAL_PRESET)
-            if mismatch:
-                logger.warning("%s. OBJPRETRAIN.PROPOSAL_PRESET says this config's recipe expects that preset: "
-                               "`tools/generate_proposals.py --method %s` makes it (docs/proposals.md).",
-                               mismatch, cfg.OBJPRETRAIN.PROPOSAL_PRESET)
-    try:
-        return get_detection_dataset_dicts(names, filter_empty=False, proposal_files=proposal_files)
-    except KeyError as error:
-        if proposal_files is None:
+    dataset_dicts = []
+    for name, path in zip(names, proposal_files):
+        # The file is read once, here, for both the recipe check and the proposals of the dataset's images.
+        proposals = load_proposal_file(path)
+        logger.info("Loaded the proposals of %s from %s", name, path)
+        preset = cfg.OBJPRETRAIN.PROPOSAL_PRESET
+        mismatch = recipe_mismatch(path, preset, proposals) if preset and comm.is_main_process() else None
+        if mismatch:
+            logger.warning("%s. OBJPRETRAIN.PROPOSAL_PRESET says this config's recipe expects that preset: "
+                           "`tools/generate_proposals.py --method %s` makes it (docs/proposals.md).", mismatch, preset)
+        dicts = get_detection_dataset_dicts([name], filter_empty=False)
+        try:
+            _attach_proposals(dicts, proposals)
+        except KeyError as error:
+            _raise_for_unmatched_proposal_ids(names, proposal_files, error)
             raise
-        _raise_for_unmatched_proposal_ids(names, proposal_files, error)
-        raise
+        dataset_dicts.extend(dicts)
+    return dataset_dicts
+
+
+def _attach_proposals(dataset_dicts, proposals):
+    """Detectron2's ``load_proposals_into_dataset`` for a proposal file already read (``load_proposal_file``): each
+    dict gets ``proposal_boxes`` and ``proposal_objectness_logits``, best first, and ``proposal_bbox_mode``; a
+    KeyError for an image the file has no entry for."""
+    image_ids = {str(record["image_id"]) for record in dataset_dicts}
+    index_of = {str(i): k for k, i in enumerate(proposals["ids"]) if str(i) in image_ids}
+    for record in dataset_dicts:
+        index = index_of[str(record["image_id"])]
+        logits = proposals["objectness_logits"][index]
+        order = logits.argsort()[::-1]  # as Detectron2 sorts them
+        record["proposal_boxes"] = proposals["boxes"][index][order]
+        record["proposal_objectness_logits"] = logits[order]
+        record["proposal_bbox_mode"] = proposals["bbox_mode"]
 
 
 def _raise_for_unmatched_proposal_ids(names, proposal_files, error):
