@@ -204,54 +204,22 @@ def test_lvis_configs_are_the_official_recipes_and_build(name, max_iter, weight_
     assert model.roi_heads.box_predictor.cls_score.out_features == 1204
 
 
+BUILDERS = ["build_train_loader", "schedule_config", "build_model", "build_optimizer", "build_ddp_model",
+            "build_step_trainer", "build_lr_scheduler", "build_checkpointer", "build_hooks"]
 
-class _RecordingTrainer:
-    """Mixed before a trainer: records the order in which its constructor calls the builders."""
 
-    calls = []
+def _recording(trainer_class, calls):
+    """A subclass of ``trainer_class`` whose builders append their name to ``calls``, then do what they did."""
+    import inspect
 
-    @classmethod
-    def build_train_loader(cls, cfg):
-        cls.calls.append("build_train_loader")
-        return super().build_train_loader(cfg)
+    def recorded(name):
+        def builder(cls_or_self, *args):
+            calls.append(name)
+            return getattr(super(subclass, cls_or_self), name)(*args)
+        return classmethod(builder) if isinstance(inspect.getattr_static(trainer_class, name), classmethod) else builder
 
-    @classmethod
-    def schedule_config(cls, cfg, data_loader):
-        cls.calls.append("schedule_config")
-        return super().schedule_config(cfg, data_loader)
-
-    @classmethod
-    def build_model(cls, cfg):
-        cls.calls.append("build_model")
-        return super().build_model(cfg)
-
-    @classmethod
-    def build_optimizer(cls, cfg, model):
-        cls.calls.append("build_optimizer")
-        return super().build_optimizer(cfg, model)
-
-    @classmethod
-    def build_ddp_model(cls, cfg, model):
-        cls.calls.append("build_ddp_model")
-        return super().build_ddp_model(cfg, model)
-
-    @classmethod
-    def build_step_trainer(cls, cfg, model, data_loader, optimizer):
-        cls.calls.append("build_step_trainer")
-        return super().build_step_trainer(cfg, model, data_loader, optimizer)
-
-    @classmethod
-    def build_lr_scheduler(cls, cfg, optimizer):
-        cls.calls.append("build_lr_scheduler")
-        return super().build_lr_scheduler(cfg, optimizer)
-
-    def build_checkpointer(self, cfg, model):
-        self.calls.append("build_checkpointer")
-        return super().build_checkpointer(cfg, model)
-
-    def build_hooks(self):
-        self.calls.append("build_hooks")
-        return super().build_hooks()
+    subclass = type(f"Recording{trainer_class.__name__}", (trainer_class,), {n: recorded(n) for n in BUILDERS})
+    return subclass
 
 
 def test_both_trainers_are_made_by_their_builders_without_patching_detectron2(synthetic_coco, tmp_path):
@@ -262,9 +230,7 @@ def test_both_trainers_are_made_by_their_builders_without_patching_detectron2(sy
 
     from objpretrain.engine import AtomicDetectionCheckpointer, FinetuneTrainer, PretrainTrainer, ResumableTrainer
 
-    class Recording(_RecordingTrainer, FinetuneTrainer):
-        pass
-
+    calls = []
     ddp_before = d2_defaults.create_ddp_model
     spec = f"ft_builders:{synthetic_coco['json']}:{synthetic_coco['image_root']}"
     cfg = get_pretrain_cfg(DEMO_FINETUNE, ["MODEL.DEVICE", "cpu", "DATASETS.COCO_JSON_REGISTER", f"('{spec}',)",
@@ -272,10 +238,8 @@ def test_both_trainers_are_made_by_their_builders_without_patching_detectron2(sy
                                            "MODEL.ROI_HEADS.NUM_CLASSES", "3", "DATALOADER.NUM_WORKERS", "0",
                                            "OUTPUT_DIR", str(tmp_path)])
     register_datasets_from_cfg(cfg)
-    trainer = Recording(cfg)
-    assert Recording.calls == ["build_train_loader", "schedule_config", "build_model", "build_optimizer",
-                               "build_ddp_model", "build_step_trainer", "build_lr_scheduler", "build_checkpointer",
-                               "build_hooks"]
+    trainer = _recording(FinetuneTrainer, calls)(cfg)
+    assert calls == BUILDERS
     assert type(trainer.checkpointer) is AtomicDetectionCheckpointer
     assert d2_defaults.create_ddp_model is ddp_before and ddp_before.__module__ == "detectron2.engine.defaults"
     for trainer_class in (PretrainTrainer, FinetuneTrainer):

@@ -61,6 +61,7 @@ class OACMapper(PretrainMapper):
     ``"whole_image"`` and ``"loc_target"`` when ``MODEL.OAC.LAMBDA_LOC > 0`` (see docs/design.md)."""
 
     def __init__(self, cfg, is_train=True, dataset_dicts=None):
+        # The values are checked once, before launch (objpretrain.config_validation), not here in every worker.
         oac = cfg.INPUT.OAC
         self.swap_views_prob = float(oac.SWAP_VIEWS_PROB)
         self.item_per_box = bool(oac.ITEM_PER_BOX)

@@ -130,7 +130,8 @@ class SoCoMapper(PretrainMapper):
     """
 
     def __init__(self, cfg, is_train=True, dataset_dicts=None):
-        # dataset_dicts: not needed, nothing of the SoCo views depends on the dataset as a whole.
+        # dataset_dicts: not needed, nothing of the SoCo views depends on the dataset as a whole. The values are
+        # checked once, before launch (objpretrain.config_validation), not here in every worker.
         soco = cfg.INPUT.SOCO
         self.view_size = int(soco.VIEW_SIZE)
         self.v3_size = int(soco.V3_SIZE)

@@ -143,6 +143,7 @@ class _OACModel(MomentumTargetModel):
     online_only = ()
 
     def __init__(self, cfg):
+        # The values are checked before launch (objpretrain.config_validation), not here on every rank.
         super().__init__()
         oac = cfg.MODEL.OAC
         self.view_size = int(cfg.INPUT.OAC.CROP_SIZE)

@@ -125,6 +125,7 @@ class SoCo(MomentumTargetModel):
     dataset_mapper = "SoCoMapper"
 
     def __init__(self, cfg):
+        # The values are checked before launch (objpretrain.config_validation), not here on every rank.
         super().__init__()
         soco = cfg.MODEL.SOCO
         self.view_size = int(cfg.INPUT.SOCO.VIEW_SIZE)
