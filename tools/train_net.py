@@ -18,7 +18,7 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from objpretrain.config import add_objpretrain_config
+from objpretrain.config import add_objpretrain_config, merge_config_file
 from objpretrain.data.build import build_resumable_detection_train_loader
 from objpretrain.data.datasets import register_datasets_from_cfg
 from objpretrain.engine.checkpoint import AtomicDetectionCheckpointer
@@ -61,7 +61,7 @@ def build_config(args):
     """The config of the command line, with its datasets registered."""
     cfg = get_cfg()
     add_objpretrain_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    merge_config_file(cfg, args.config_file)
     cfg.merge_from_list(args.opts)
     # Recorded in the config so that the run's saved config.yaml re-registers them.
     cfg.DATASETS.COCO_JSON_REGISTER = list(cfg.DATASETS.COCO_JSON_REGISTER) + list(args.register_coco)

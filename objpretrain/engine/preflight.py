@@ -12,6 +12,7 @@ import sys
 import torch
 from detectron2.data import DatasetCatalog
 
+from ..config import ConfigFileError
 from ..data.datasets.demo import demo_root
 
 __all__ = ["ConfigError", "check_runnable", "exit_on_config_error"]
@@ -81,6 +82,6 @@ def exit_on_config_error(tool, check):
     ``<tool>: error: <one line>`` to stderr and exits with status 2, as argparse does for a bad argument."""
     try:
         return check()
-    except (ConfigError, FileNotFoundError) as error:
+    except (ConfigError, ConfigFileError, FileNotFoundError) as error:
         print(f"{tool}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
