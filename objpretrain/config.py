@@ -10,12 +10,16 @@ Learning" (NeurIPS 2021); "OAC" is Mishra et al., "Object-aware Cropping for Sel
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-__all__ = ["ConfigError", "add_objpretrain_config", "get_pretrain_cfg"]
+__all__ = ["ConfigError", "ConfigFileError", "add_objpretrain_config", "get_pretrain_cfg", "merge_config_file"]
 
 
 class ConfigError(ValueError):
     """A problem with a config that the user fixes with an override or a command; the message is one line that names
     the key, its value and what would do (tools print it and exit with status 2, before any process starts)."""
+
+
+class ConfigFileError(ValueError):
+    """A config file (or a ``_BASE_`` it names) that cannot be merged; the one-line message names the file."""
 
 
 def add_objpretrain_config(cfg):
@@ -37,10 +41,29 @@ def get_pretrain_cfg(config_file=None, opts=None):
     cfg = get_cfg()
     add_objpretrain_config(cfg)
     if config_file:
-        cfg.merge_from_file(config_file)
+        merge_config_file(cfg, config_file)
     if opts:
         cfg.merge_from_list(list(opts))
     return cfg
+
+
+def merge_config_file(cfg, path):
+    """``cfg.merge_from_file(path)`` with YAML's safe loader, and a ConfigFileError naming ``path`` for any problem.
+
+    Detectron2's ``merge_from_file`` defaults to ``allow_unsafe=True``: a tag such as ``!!python/object/apply`` in a
+    config, or in a ``_BASE_`` it names, would run code when the file is read. Safe loading refuses the tag. A
+    ``_BASE_`` chain that comes back to a file recurses until Python's limit; that is reported as what it is.
+    """
+    try:
+        cfg.merge_from_file(path, allow_unsafe=False)
+    except RecursionError:
+        raise ConfigFileError(f"config {path}: its _BASE_ chain never ends (a file is its own base, directly or "
+                              "through others)") from None
+    except Exception as error:  # yaml, unicode, yacs type/key errors, _BASE_ of the wrong type or missing
+        message = " ".join(str(error).split())  # YAML errors span several lines; preflight prints one
+        if isinstance(error, (AttributeError, TypeError)):  # fvcore's words for an empty file or a bad _BASE_
+            message += " (a config file, and each _BASE_ it names, must be a YAML mapping; _BASE_ is a file name)"
+        raise ConfigFileError(f"config {path}: {type(error).__name__}: {message}") from error
 
 
 def _add_general_config(cfg):

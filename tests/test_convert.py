@@ -25,6 +25,7 @@ from objpretrain.checkpoint import (
     save_conversion,
 )
 from objpretrain.config import get_pretrain_cfg
+from objpretrain.utils.safe_pickle import UnsafePickleError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_PRETRAIN = os.path.join(REPO, "configs/demo/soco_r18_fpn_demo.yaml")
@@ -302,10 +303,13 @@ def test_moco_release_layout_picks_the_encoder(tmp_path):
     state_dict = {**{"module.encoder_q." + k: v for k, v in query.items()},
                   **{"module.encoder_k." + k: v for k, v in key.items()},
                   "module.queue": torch.zeros(128, 16), "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
-    # Released MoCo/DenseCL files also hold Python objects, which only the full unpickler reads.
+    # Released MoCo/DenseCL files also hold Python objects, which only the full unpickler reads, on request.
     torch.save({"epoch": 200, "arch": "resnet18", "args": argparse.Namespace(lr=0.03), "state_dict": state_dict},
                tmp_path / "moco.pth.tar")
-    state_dict = load_state_dict(str(tmp_path / "moco.pth.tar"))
+    with pytest.raises(UnsafePickleError, match="moco.pth.tar: refused to unpickle argparse.Namespace.*"
+                                                "--unsafe-full-unpickle"):
+        load_state_dict(str(tmp_path / "moco.pth.tar"))
+    state_dict = load_state_dict(str(tmp_path / "moco.pth.tar"), unsafe_full_unpickle=True)
     for encoder, weights in (("online", query), ("target", key)):
         conversion = convert_state_dict(state_dict, "d2-c4", encoder=encoder)
         assert torch.equal(conversion.state_dict["roi_heads.res5.1.conv2.weight"], weights["layer4.1.conv2.weight"])

@@ -36,6 +36,7 @@ import torch
 from tabulate import tabulate
 
 from ..utils.atomic_io import atomic_write
+from ..utils.safe_pickle import UnsafePickleError, load_pickle, load_torch_file
 from .torchvision_names import TORCHVISION_BACKBONE_ANCHOR, d2_to_torchvision, torchvision_to_d2
 
 __all__ = [
@@ -75,6 +76,10 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or converted; the message names the file and the reason."""
 
 
+_FULL_UNPICKLE_HINT = ("; if you trust its source, pass --unsafe-full-unpickle (tools/convert_ckpt.py, "
+                       "tools/linear_eval.py)")
+
+
 @dataclass
 class ParsedCheckpoint:
     """The transferable parts of a checkpoint, each a dict: name within the part -> (source name, tensor).
@@ -107,20 +112,22 @@ class Conversion:
 # ---------------------------------------------------------------------------------------------------- loading
 
 
-def load_state_dict(path):
-    """name -> tensor of the checkpoint at ``path`` (.pth / .pt / .pth.tar via torch.load, .pkl via pickle).
+def load_state_dict(path, unsafe_full_unpickle=False):
+    """name -> tensor of the checkpoint at ``path`` (.pth / .pt / .pth.tar via torch.load, .pkl via unpickling).
 
     Unwraps ``{"model": ...}`` (Detectron2), ``{"state_dict": ...}`` (MoCo, mmcv) and similar containers.
     Raises CheckpointError naming the file when it is missing, truncated, corrupt or holds no state dict.
+    No code runs from the file (objpretrain/utils/safe_pickle.py): one that holds Python objects (a released MoCo
+    checkpoint's argparse Namespace) raises UnsafePickleError, unless ``unsafe_full_unpickle`` reads it with
+    the full unpickler (the tools' --unsafe-full-unpickle, for a file from a source the user trusts).
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
+    load = load_pickle if path.endswith(".pkl") else load_torch_file
     try:
-        if path.endswith(".pkl"):
-            with open(path, "rb") as f:
-                data = pickle.load(f, encoding="latin1")
-        else:
-            data = _torch_load(path)
+        data = load(path, unsafe_full_unpickle=unsafe_full_unpickle, allow_hint=_FULL_UNPICKLE_HINT)
+    except UnsafePickleError:
+        raise
     except Exception as e:  # torch.load and pickle raise many types on truncated or foreign files
         raise CheckpointError(
             f"{path}: cannot be read as a checkpoint, the file is truncated, corrupt or not a checkpoint "
@@ -138,18 +145,6 @@ def load_state_dict(path):
             raise CheckpointError(f"{path}: entry {name!r} of the state dict is a {type(value).__name__}, not a tensor")
         tensors[name] = value.detach().cpu()
     return tensors
-
-
-def _torch_load(path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():
-            raise
-    # Released checkpoints (MoCo's argparse Namespace, optimizer states) hold objects that the safe loader
-    # refuses; only the full unpickler reads them, and it may run code from the file.
-    logger.warning(f"{path} holds non-tensor Python objects; loading it with the full unpickler (trust the source)")
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def _is_state_dict(obj):
@@ -631,11 +626,12 @@ def save_conversion(conversion, path):
     atomic_write(path, write)
 
 
-def convert_checkpoint(input_path, output_path, target, encoder="online", model_state_dict=None):
-    """Loads, converts, optionally checks against a detector's state dict, and saves; returns
-    ``(conversion, new)`` with ``new`` the detector tensors finetuning initializes (None without a model).
-    Every CheckpointError names ``input_path``."""
-    state_dict = load_state_dict(input_path)
+def convert_checkpoint(input_path, output_path, target, encoder="online", model_state_dict=None,
+                       unsafe_full_unpickle=False):
+    """Loads (``unsafe_full_unpickle`` as in :func:`load_state_dict`), converts, optionally checks against a
+    detector's state dict, and saves; returns ``(conversion, new)`` with ``new`` the detector tensors finetuning
+    initializes (None without a model). Every CheckpointError names ``input_path``."""
+    state_dict = load_state_dict(input_path, unsafe_full_unpickle)
     try:
         conversion = convert_state_dict(state_dict, target, encoder)
         new = check_against_model(conversion, model_state_dict) if model_state_dict is not None else None

@@ -7,13 +7,13 @@ dataset_mapper_name``); the loader builds it as ``Mapper(cfg, is_train=True, dat
 loaded itself.
 """
 import logging
-import pickle
 
-from detectron2.data import DatasetCatalog, DatasetMapper, build_batch_data_loader, get_detection_dataset_dicts
+import detectron2.data.build as d2_data_build
+from detectron2.data import DatasetMapper, build_batch_data_loader, get_detection_dataset_dicts
 from detectron2.data.common import ToIterableDataset
 from detectron2.data.samplers import RepeatFactorTrainingSampler
+from detectron2.structures import BoxMode
 from detectron2.utils import comm
-from detectron2.utils.file_io import PathManager
 from detectron2.utils.registry import Registry
 
 from ..modeling.contract import dataset_mapper_name
@@ -21,12 +21,14 @@ from .samplers import AspectRatioGroupedSampler, PositionSeededDataset, Resumabl
 
 __all__ = [
     "MAPPER_REGISTRY",
+    "MissingProposalsError",
     "PretrainMapper",
     "build_mapper",
     "build_pretrain_loader",
     "build_resumable_detection_train_loader",
     "build_resumable_loader",
     "get_pretrain_dataset_dicts",
+    "load_proposals_into_dataset",
 ]
 
 logger = logging.getLogger(__name__)
@@ -62,8 +64,8 @@ def get_pretrain_dataset_dicts(cfg):
     """The dicts of ``cfg.DATASETS.TRAIN``, with the proposals of ``cfg.DATASETS.PROPOSAL_FILES_TRAIN`` attached.
 
     Images without annotations are kept (pretraining is unsupervised). A proposal file that lacks an entry for
-    one of its dataset's images raises a ``ValueError`` naming the file, the dataset and some missing ids,
-    instead of Detectron2's bare ``KeyError``.
+    one of its dataset's images raises a ``MissingProposalsError`` (a ``ValueError``) naming the file, the dataset
+    and some missing ids, instead of Detectron2's bare ``KeyError``.
     """
     names = list(cfg.DATASETS.TRAIN)
     proposal_files = list(cfg.DATASETS.PROPOSAL_FILES_TRAIN) or None
@@ -80,49 +82,66 @@ def get_pretrain_dataset_dicts(cfg):
     for name, path in zip(names, proposal_files):
         # The file is read once, here, for both the recipe check and the proposals of the dataset's images.
         proposals = load_proposal_file(path)
-        logger.info("Loaded the proposals of %s from %s", name, path)
         preset = cfg.OBJPRETRAIN.PROPOSAL_PRESET
         mismatch = recipe_mismatch(path, preset, proposals) if preset and comm.is_main_process() else None
         if mismatch:
             logger.warning("%s. OBJPRETRAIN.PROPOSAL_PRESET says this config's recipe expects that preset: "
                            "`tools/generate_proposals.py --method %s` makes it (docs/proposals.md).", mismatch, preset)
         dicts = get_detection_dataset_dicts([name], filter_empty=False)
-        try:
-            _attach_proposals(dicts, proposals)
-        except KeyError as error:
-            _raise_for_unmatched_proposal_ids(names, proposal_files, error)
-            raise
-        dataset_dicts.extend(dicts)
+        dataset_dicts.extend(attach_proposals(dicts, proposals, path, dataset=name))
     return dataset_dicts
 
 
-def _attach_proposals(dataset_dicts, proposals):
-    """Detectron2's ``load_proposals_into_dataset`` for a proposal file already read (``load_proposal_file``): each
-    dict gets ``proposal_boxes`` and ``proposal_objectness_logits``, best first, and ``proposal_bbox_mode``; a
-    KeyError for an image the file has no entry for."""
-    image_ids = {str(record["image_id"]) for record in dataset_dicts}
-    index_of = {str(i): k for k, i in enumerate(proposals["ids"]) if str(i) in image_ids}
-    for record in dataset_dicts:
-        index = index_of[str(record["image_id"])]
-        logits = proposals["objectness_logits"][index]
-        order = logits.argsort()[::-1]  # as Detectron2 sorts them
-        record["proposal_boxes"] = proposals["boxes"][index][order]
+class MissingProposalsError(ValueError):
+    """Images of a dataset that its proposal file has no entry for; the message names the file and some ids."""
+
+    def __init__(self, path, missing, total, dataset=None):
+        self.path, self.missing, self.total = path, missing, total
+        of_dataset = f" of dataset {dataset!r}" if dataset else ""
+        super().__init__(
+            f"Proposal file {path} has no entry for {len(missing)} of the {total} images{of_dataset} (e.g. image_id "
+            f"{missing[:3]}); its ids must be the dataset's image_id strings (see docs/design.md). Regenerate it "
+            f"for this dataset or fix cfg.DATASETS."
+        )
+
+
+def load_proposals_into_dataset(dataset_dicts, proposal_file, dataset=None):
+    """Detectron2's ``load_proposals_into_dataset`` (same fields, same box order), with the file read by
+    ``objpretrain.data.proposals.load_proposal_file``: no code runs from it and its entries are checked. See
+    :func:`attach_proposals`; ``dataset``: the name the dicts are registered under, for the error message."""
+    from .proposals.files import load_proposal_file  # the proposal package imports the backends (OpenCV, skimage)
+
+    return attach_proposals(dataset_dicts, load_proposal_file(proposal_file), proposal_file, dataset)
+
+
+def attach_proposals(dataset_dicts, proposals, proposal_file, dataset=None):
+    """Attaches the proposals of a file already read by ``load_proposal_file`` (``proposal_file``: its path, for the
+    messages) to ``dataset_dicts``, in place, and returns them. Each dict gets ``proposal_boxes`` (XYXY_ABS) and
+    ``proposal_objectness_logits``, best first, and ``proposal_bbox_mode``. An image the file lacks raises
+    MissingProposalsError; file entries that match no image are ignored, and counted in the log."""
+    index = {image_id: k for k, image_id in enumerate(proposals["ids"])}
+    dataset_ids = [str(d["image_id"]) for d in dataset_dicts]
+    missing = [i for i in dataset_ids if i not in index]
+    if missing:
+        raise MissingProposalsError(proposal_file, missing, len(dataset_ids), dataset)
+    for record, image_id in zip(dataset_dicts, dataset_ids):
+        boxes, logits = proposals["boxes"][index[image_id]], proposals["objectness_logits"][index[image_id]]
+        order = logits.argsort()[::-1]  # Detectron2's order, ties included, so that data streams stay as they were
+        record["proposal_boxes"] = boxes[order]
         record["proposal_objectness_logits"] = logits[order]
-        record["proposal_bbox_mode"] = proposals["bbox_mode"]
+        record["proposal_bbox_mode"] = BoxMode.XYXY_ABS
+    unmatched = len(index.keys() - set(dataset_ids))
+    logger.info("Proposals of %d images%s from %s%s", len(dataset_ids), f" of {dataset}" if dataset else "",
+                proposal_file,
+                f"; {unmatched} of its entries match no image of the dataset and are ignored" if unmatched else "")
+    return dataset_dicts
 
 
-def _raise_for_unmatched_proposal_ids(names, proposal_files, error):
-    for name, proposal_file in zip(names, proposal_files):
-        dataset_ids = [str(d["image_id"]) for d in DatasetCatalog.get(name)]
-        with PathManager.open(proposal_file, "rb") as f:
-            proposal_ids = {str(i) for i in pickle.load(f, encoding="latin1").get("ids", [])}
-        missing = [i for i in dataset_ids if i not in proposal_ids]
-        if missing:
-            raise ValueError(
-                f"Proposal file {proposal_file} has no entry for {len(missing)} of the {len(dataset_ids)} images "
-                f"of dataset {name!r} (e.g. image_id {missing[:3]}); its ids must be the dataset's image_id "
-                f"strings (see docs/design.md). Regenerate it for this dataset or fix cfg.DATASETS."
-            ) from error
+# Detectron2's get_detection_dataset_dicts attaches proposal files with its load_proposals_into_dataset, which reads
+# them with pickle.load: a downloaded proposal file would run code. Put where it looks the function up, ours serves
+# every loader that gets there (pretraining, fine-tuning with MODEL.LOAD_PROPOSALS, Detectron2's test loader)
+# without copying get_detection_dataset_dicts, as objpretrain.engine.distributed.install does for create_ddp_model.
+d2_data_build.load_proposals_into_dataset = load_proposals_into_dataset
 
 
 def build_pretrain_loader(cfg):

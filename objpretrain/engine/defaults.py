@@ -13,7 +13,7 @@ from detectron2.engine import default_setup as d2_default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..config import add_objpretrain_config
+from ..config import add_objpretrain_config, merge_config_file
 from ..config_validation import validate_config
 from ..data.datasets import register_datasets_from_cfg
 from .checkpoint import AtomicDetectionCheckpointer
@@ -85,10 +85,12 @@ class ResumableTrainer(ResumableDataStreamMixin, DefaultTrainer):
 def build_config(config_file, opts, register_coco=()):
     """The frozen config of a command line (Detectron2's defaults, objpretrain's keys, the file, the KEY VALUE
     ``opts``), with its datasets registered. ``register_coco``: "name:json:image_root" entries added to
-    DATASETS.COCO_JSON_REGISTER, so that the run's saved config.yaml registers them again."""
+    DATASETS.COCO_JSON_REGISTER, so that the run's saved config.yaml registers them again. The file (and each
+    ``_BASE_`` it names) is read with YAML's safe loader (``objpretrain.config.merge_config_file``): a problem is a
+    one-line ``ConfigFileError`` naming the file, which preflight prints."""
     cfg = get_cfg()
     add_objpretrain_config(cfg)
-    cfg.merge_from_file(config_file)
+    merge_config_file(cfg, config_file)
     cfg.merge_from_list(list(opts))
     cfg.DATASETS.COCO_JSON_REGISTER = list(cfg.DATASETS.COCO_JSON_REGISTER) + list(register_coco)
     cfg.freeze()

@@ -13,7 +13,7 @@ import sys
 import torch
 from detectron2.data import DatasetCatalog
 
-from ..config import ConfigError
+from ..config import ConfigError, ConfigFileError
 from ..config_validation import validate_config
 from ..data.datasets.demo import demo_root
 
@@ -62,6 +62,6 @@ def exit_on_config_error(tool, check):
     ``<tool>: error: <one line>`` to stderr and exits with status 2, as argparse does for a bad argument."""
     try:
         return check()
-    except (ConfigError, FileNotFoundError) as error:
+    except (ConfigError, ConfigFileError, FileNotFoundError) as error:
         print(f"{tool}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -43,11 +43,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def build_frozen_backbone(cfg, weights, seed=0):
+def build_frozen_backbone(cfg, weights, seed=0, unsafe_full_unpickle=False):
     """A Detectron2 ResNet (to res5) with ``weights`` loaded; every backbone tensor must be present.
 
     ``weights=None`` keeps Detectron2's random initialization (drawn with ``seed``): the floor that a pretrained
-    backbone has to beat.
+    backbone has to beat. ``unsafe_full_unpickle``: see ``objpretrain.checkpoint.load_state_dict``.
     """
     cfg = cfg.clone()
     cfg.defrost()
@@ -57,7 +57,7 @@ def build_frozen_backbone(cfg, weights, seed=0):
     backbone = build_backbone(cfg)
     if weights is None:
         return backbone.eval().requires_grad_(False)
-    conversion = convert_state_dict(load_state_dict(weights), "d2-backbone")
+    conversion = convert_state_dict(load_state_dict(weights, unsafe_full_unpickle), "d2-backbone")
     incompatible = backbone.load_state_dict(conversion.state_dict, strict=False)
     missing = [k for k in incompatible.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or incompatible.unexpected_keys:
