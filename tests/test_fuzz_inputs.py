@@ -28,6 +28,8 @@ from objpretrain.data.datasets.coco_json import load_checked_coco_json
 from objpretrain.data.oac_mapper import OACMapper
 from objpretrain.data.proposals import export_soco_json, load_proposal_file, save_proposal_file
 from objpretrain.engine.checkpoint import AtomicDetectionCheckpointer, CheckpointReadError
+from objpretrain.engine.defaults import build_config
+from objpretrain.engine.preflight import exit_on_config_error
 from objpretrain.utils.safe_pickle import UnsafePickleError
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -372,6 +374,20 @@ def test_bad_config_files_fail_naming_the_file_and_run_no_code(tmp_path, files, 
     with pytest.raises(ConfigFileError, match=f"config {tmp_path / 'top.yaml'}: .*({message})") as error:
         get_pretrain_cfg(str(tmp_path / "top.yaml"))
     assert "\n" not in str(error.value) and not (tmp_path / "MARKER").exists()
+
+
+def test_the_tools_config_path_reads_yaml_safely_and_prints_one_line(tmp_path, monkeypatch, capsys):
+    """pretrain_net and train_net build their config with ``objpretrain.engine.defaults.build_config``: the same safe
+    merge, and preflight prints its ConfigFileError as one line and exits 2, before any process starts."""
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "evil.yaml", b"SOLVER:\n  BASE_LR: !!python/object/apply:builtins.open ['MARKER', 'w']\n")
+    _write(tmp_path / "top.yaml", b"_BASE_: evil.yaml\n")
+    with pytest.raises(SystemExit) as stop:
+        exit_on_config_error("train_net.py", lambda: build_config(str(tmp_path / "top.yaml"), []))
+    assert stop.value.code == 2 and not (tmp_path / "MARKER").exists()
+    error = capsys.readouterr().err
+    assert error.startswith(f"train_net.py: error: config {tmp_path / 'top.yaml'}: ConstructorError")
+    assert error.count("\n") == 1
 
 
 @FUZZ

@@ -12,26 +12,25 @@ import subprocess
 import sys
 from collections import OrderedDict
 
-import detectron2.data.build as d2_data_build
 import numpy as np
 import pytest
 import torch
-from detectron2.data import get_detection_dataset_dicts
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import build_resnet_backbone
 from detectron2.structures import BoxMode
 from PIL import Image
-from test_convert import load_tool
 from torch import nn
 
 from objpretrain.checkpoint import convert_state_dict, load_state_dict, save_conversion
 from objpretrain.config import get_pretrain_cfg
-from objpretrain.data.build import get_pretrain_dataset_dicts, load_proposals_into_dataset
+from objpretrain.data.build import get_detection_dataset_dicts_with_proposals, get_pretrain_dataset_dicts
 from objpretrain.data.datasets import make_synthetic_coco, register_image_folder
 from objpretrain.data.proposals import load_proposal_file, save_proposal_file
 from objpretrain.engine.checkpoint import AtomicDetectionCheckpointer
+from objpretrain.engine.finetune import FinetuneTrainer
 from objpretrain.engine.resumable import _rng_state
 from objpretrain.utils.safe_pickle import ALLOWED_GLOBALS, UnsafePickleError, load_pickle
+from test_convert import load_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_PRETRAIN = os.path.join(REPO, "configs", "demo", "soco_r18_fpn_demo.yaml")
@@ -213,10 +212,6 @@ def test_the_pretraining_proposal_file_runs_no_code(tmp_path, image_folder, pres
                                   f"('{evil}',)", "OBJPRETRAIN.PROPOSAL_PRESET", preset])
     with pytest.raises(UnsafePickleError, match=f"{evil}: refused to unpickle io.open"):
         get_pretrain_dataset_dicts(cfg)
-    # Detectron2's own loader (fine-tuning with MODEL.LOAD_PROPOSALS, its test loader) reads through ours.
-    assert d2_data_build.load_proposals_into_dataset is load_proposals_into_dataset
-    with pytest.raises(UnsafePickleError, match="io.open"):
-        get_detection_dataset_dicts(["untrusted_images"], proposal_files=[evil])
     assert not marker.exists()
     # The same proposals without the payload (also as the official SoCo JSON) load.
     good = _pickle(tmp_path / "good.pkl", _proposals(["a", "b"]))
@@ -226,6 +221,59 @@ def test_the_pretraining_proposal_file_runs_no_code(tmp_path, image_folder, pres
     (tmp_path / "soco.json").write_text('{"a": [[1, 2, 29, 38]], "b": []}')
     cfg.DATASETS.PROPOSAL_FILES_TRAIN = (str(tmp_path / "soco.json"),)
     assert [len(d["proposal_boxes"]) for d in get_pretrain_dataset_dicts(cfg)] == [1, 0]
+
+
+def test_finetuning_proposal_files_run_no_code(tmp_path, image_folder):
+    """MODEL.LOAD_PROPOSALS: FinetuneTrainer's train loader (the resumable detection loader) and test loader read
+    DATASETS.PROPOSAL_FILES_TRAIN / _TEST through the safe loader, called explicitly (Detectron2 is not patched)."""
+    marker = tmp_path / "MARKER"
+    evil = _pickle(tmp_path / "evil.pkl", _proposals(["a", "b"], metadata={"recipe": CreatesMarker(marker)}))
+    good = _pickle(tmp_path / "good.pkl", _proposals(["a", "b"]))
+
+    def config(path):
+        return get_pretrain_cfg(DEMO_FINETUNE, [
+            "MODEL.DEVICE", "cpu", "MODEL.LOAD_PROPOSALS", "True",
+            "DATASETS.TRAIN", "('untrusted_images',)", "DATASETS.PROPOSAL_FILES_TRAIN", f"('{path}',)",
+            "DATASETS.TEST", "('untrusted_images',)", "DATASETS.PROPOSAL_FILES_TEST", f"('{path}',)",
+            "DATALOADER.NUM_WORKERS", "0", "DATALOADER.ASPECT_RATIO_GROUPING", "False"])
+
+    cfg = config(evil)
+    with pytest.raises(UnsafePickleError, match=f"{evil}: refused to unpickle io.open"):
+        FinetuneTrainer.build_train_loader(cfg)
+    with pytest.raises(UnsafePickleError, match=f"{evil}: refused to unpickle io.open"):
+        FinetuneTrainer.build_test_loader(cfg, "untrusted_images")
+    with pytest.raises(UnsafePickleError, match=f"{evil}: refused to unpickle io.open"):
+        get_detection_dataset_dicts_with_proposals(["untrusted_images"], proposal_files=[evil])
+    assert not marker.exists()
+    # The file without the payload: its proposals reach the model's inputs.
+    cfg = config(good)
+    assert FinetuneTrainer.build_train_loader(cfg).num_items == 2
+    inputs = [batch[0] for batch in FinetuneTrainer.build_test_loader(cfg, "untrusted_images")]
+    assert [len(item["proposals"]) for item in inputs] == [1, 1]
+
+
+def test_importing_objpretrain_replaces_nothing_in_detectron2():
+    """No global patch of Detectron2 (issue 25): after importing every objpretrain module, Detectron2's proposal
+    loader and DDP builder are its own, and no attribute of any loaded detectron2 module is an objpretrain object."""
+    script = """if True:
+        import importlib, pkgutil, sys, types
+        import objpretrain
+        for module in pkgutil.walk_packages(objpretrain.__path__, "objpretrain."):
+            importlib.import_module(module.name)
+        import detectron2.data, detectron2.data.build, detectron2.engine.defaults
+        assert detectron2.data.build.load_proposals_into_dataset.__module__ == "detectron2.data.build"
+        assert detectron2.data.load_proposals_into_dataset is detectron2.data.build.load_proposals_into_dataset
+        assert detectron2.engine.defaults.create_ddp_model.__module__ == "detectron2.engine.defaults"
+        ours = [f"{name}.{attr}" for name, module in list(sys.modules.items()) if name.startswith("detectron2")
+                for attr, value in vars(module).items()
+                if not isinstance(value, types.ModuleType)
+                and str(getattr(value, "__module__", None) or "").startswith("objpretrain")]
+        assert not ours, ours
+        print("checked", sum(name.startswith("detectron2") for name in sys.modules), "detectron2 modules")
+    """
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=REPO), timeout=300)
+    assert result.returncode == 0 and "checked" in result.stdout, result.stderr[-3000:]
 
 
 @pytest.mark.parametrize("kind", ["pkl", "pth"])

@@ -5,12 +5,17 @@ Pretraining mappers live in ``MAPPER_REGISTRY`` and derive from :class:`Pretrain
 the one it takes (``PretrainingModel.dataset_mapper``, resolved by ``objpretrain.modeling.contract.
 dataset_mapper_name``); the loader builds it as ``Mapper(cfg, is_train=True, dataset_dicts=...)`` with the dicts it
 loaded itself.
+
+Proposal files (pretraining's DATASETS.PROPOSAL_FILES_TRAIN; fine-tuning's with MODEL.LOAD_PROPOSALS) are read by
+``objpretrain.data.proposals.load_proposal_file`` (the restricted unpickler, every entry checked) and attached by
+:func:`attach_proposals`. Detectron2's ``load_proposals_into_dataset``, which reads them with ``pickle.load``, is
+never called by these loaders, and it is not replaced: the project's loaders call the safe one explicitly.
 """
 import logging
 
-import detectron2.data.build as d2_data_build
 from detectron2.data import DatasetMapper, build_batch_data_loader, get_detection_dataset_dicts
 from detectron2.data.common import ToIterableDataset
+from detectron2.data.detection_utils import check_metadata_consistency
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
@@ -23,10 +28,12 @@ __all__ = [
     "MAPPER_REGISTRY",
     "MissingProposalsError",
     "PretrainMapper",
+    "attach_proposals",
     "build_mapper",
     "build_pretrain_loader",
     "build_resumable_detection_train_loader",
     "build_resumable_loader",
+    "get_detection_dataset_dicts_with_proposals",
     "get_pretrain_dataset_dicts",
     "load_proposals_into_dataset",
 ]
@@ -137,11 +144,33 @@ def attach_proposals(dataset_dicts, proposals, proposal_file, dataset=None):
     return dataset_dicts
 
 
-# Detectron2's get_detection_dataset_dicts attaches proposal files with its load_proposals_into_dataset, which reads
-# them with pickle.load: a downloaded proposal file would run code. Put where it looks the function up, ours serves
-# every loader that gets there (pretraining, fine-tuning with MODEL.LOAD_PROPOSALS, Detectron2's test loader)
-# without copying get_detection_dataset_dicts, as objpretrain.engine.distributed.install does for create_ddp_model.
-d2_data_build.load_proposals_into_dataset = load_proposals_into_dataset
+def get_detection_dataset_dicts_with_proposals(names, filter_empty=True, min_keypoints=0, proposal_files=None):
+    """Detectron2's ``get_detection_dataset_dicts(names, filter_empty, min_keypoints, proposal_files)``, with each
+    proposal file read by :func:`load_proposals_into_dataset` (no code runs from it, its entries are checked)
+    instead of Detectron2's, which reads it with ``pickle.load``. What the fine-tuning loaders use for
+    MODEL.LOAD_PROPOSALS (``build_resumable_detection_train_loader``, ``FinetuneTrainer.build_test_loader``);
+    objpretrain replaces no Detectron2 function, so Detectron2's own loaders still read proposal files its way.
+
+    Each dataset's dicts are filtered (``filter_empty``, ``min_keypoints``) before its file's proposals are
+    attached, so the file needs entries for the images kept only.
+    """
+    names = [names] if isinstance(names, str) else list(names)
+    if not proposal_files:
+        return get_detection_dataset_dicts(names, filter_empty=filter_empty, min_keypoints=min_keypoints)
+    if len(proposal_files) != len(names):
+        raise ValueError(f"{len(proposal_files)} proposal files for {len(names)} datasets ({names}); give one "
+                         "proposal file per dataset, in the same order")
+    dataset_dicts = []
+    for name, path in zip(names, proposal_files):
+        dicts = get_detection_dataset_dicts([name], filter_empty=filter_empty, min_keypoints=min_keypoints,
+                                            proposal_files=None)
+        dataset_dicts.extend(load_proposals_into_dataset(dicts, path, dataset=name))
+    if len(names) > 1 and "annotations" in dataset_dicts[0]:
+        try:  # what Detectron2 checks across the datasets it concatenates
+            check_metadata_consistency("thing_classes", names)
+        except AttributeError:  # class names are not available for these datasets
+            pass
+    return dataset_dicts
 
 
 def build_pretrain_loader(cfg):
@@ -168,7 +197,7 @@ def build_resumable_detection_train_loader(cfg, mapper=None):
             f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN!r}: the resumable fine-tuning loader "
             "implements Detectron2's TrainingSampler and RepeatFactorTrainingSampler (LVIS)"
         )
-    dataset = get_detection_dataset_dicts(
+    dataset = get_detection_dataset_dicts_with_proposals(
         cfg.DATASETS.TRAIN,
         filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
         min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,

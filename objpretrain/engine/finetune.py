@@ -6,13 +6,16 @@ docs/transfer.md).
 device, a resume that continues the exact data stream (the loader of
 ``objpretrain.data.build.build_resumable_detection_train_loader``), and the evaluator the test set's
 ``evaluator_type`` names (``objpretrain.evaluation.detection``). PreciseBN runs where the config enables
-TEST.PRECISE_BN.
+TEST.PRECISE_BN. With MODEL.LOAD_PROPOSALS, both loaders read the proposal files with the project's safe loader
+(``objpretrain.data.build.get_detection_dataset_dicts_with_proposals``: no code runs from a file), not with
+Detectron2's ``pickle.load``.
 """
 import logging
 
+from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.evaluation import verify_results
 
-from ..data.build import build_resumable_detection_train_loader
+from ..data.build import build_resumable_detection_train_loader, get_detection_dataset_dicts_with_proposals
 from ..evaluation.detection import build_detection_evaluator
 from .checkpoint import AtomicDetectionCheckpointer
 from .defaults import ResumableTrainer
@@ -28,6 +31,18 @@ class FinetuneTrainer(ResumableTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         return build_resumable_detection_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """Detectron2's test loader of ``dataset_name`` (DatasetMapper, one image per batch, InferenceSampler), with
+        DATASETS.PROPOSAL_FILES_TEST read by the safe loader when MODEL.LOAD_PROPOSALS."""
+        proposal_files = None
+        if cfg.MODEL.LOAD_PROPOSALS:
+            proposal_files = [cfg.DATASETS.PROPOSAL_FILES_TEST[list(cfg.DATASETS.TEST).index(dataset_name)]]
+        dataset = get_detection_dataset_dicts_with_proposals([dataset_name], filter_empty=False,
+                                                             proposal_files=proposal_files)
+        return build_detection_test_loader(dataset, mapper=DatasetMapper(cfg, False),
+                                           num_workers=cfg.DATALOADER.NUM_WORKERS)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

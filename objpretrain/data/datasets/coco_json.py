@@ -113,9 +113,9 @@ def check_coco_json(json_file):
         raise ValueError(f"{json_file}: its 'images' list is empty")
     sizes = {}
     for k, image in enumerate(data["images"]):
-        if not (isinstance(image, dict) and isinstance(image.get("id"), (int, str)) and not isinstance(image["id"], bool)
-                and isinstance(image.get("file_name"), str) and _positive(image.get("height"))
-                and _positive(image.get("width"))):
+        if not (isinstance(image, dict) and isinstance(image.get("id"), (int, str))
+                and not isinstance(image["id"], bool) and isinstance(image.get("file_name"), str)
+                and _positive(image.get("height")) and _positive(image.get("width"))):
             raise ValueError(f"{json_file}: images[{k}] needs an int or str 'id', a 'file_name' and a positive "
                              f"'height' and 'width'; got {str(image)[:200]}")
         image_id = image["id"]
