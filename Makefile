@@ -6,7 +6,7 @@ REQ_HASH := $(shell cat requirements/*.txt setup.py tools/install_env.sh | sha25
 STAMP  := $(VENV)/.installed-$(REQ_HASH)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast study clean-venv
+.PHONY: setup demo lint test test-fast study clean-venv
 
 setup: $(STAMP)
 
@@ -18,14 +18,18 @@ $(STAMP):
 demo: setup
 	$(PY) tools/run_demo.py
 
-test: setup
+# ruff (ruff.toml: pycodestyle, pyflakes, import order) first: a lint failure stops before the long suite.
+test: setup lint
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+lint: setup
+	$(PY) -m ruff check .
 
 # The reproduction study (docs/results.md): about 1 to 1.5 hours on 2 CPU cores; not part of `make test`.
 study: setup
 	$(PY) tools/run_study.py --output output/study
 
-test-fast: setup
+test-fast: setup lint
 	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
 clean-venv:

@@ -31,12 +31,11 @@ import time
 
 import numpy as np
 import torch
+from detectron2.structures import BoxMode
+from detectron2.utils.env import seed_all_rng
 from PIL import Image, ImageDraw
 from torchvision import tv_tensors
 from torchvision.transforms import v2
-
-from detectron2.structures import BoxMode
-from detectron2.utils.env import seed_all_rng
 
 from objpretrain.config import get_pretrain_cfg
 from objpretrain.data.build import build_mapper
@@ -144,14 +143,13 @@ class NaiveOACReference:
 
 
 def soco_cfg():
-    return get_pretrain_cfg()
+    return get_pretrain_cfg(None, ["MODEL.META_ARCHITECTURE", "SoCo"])
 
 
 def oac_cfg():
     """The OAC mapper at the paper's view size (224) and crop mode (obj-obj+dilate, δ = 0.1); s_min fixed at
     COCO's 0.51 (OAC §5) instead of estimated from a dataset."""
-    cfg = get_pretrain_cfg()
-    cfg.OBJPRETRAIN.MAPPER = "oac"
+    cfg = get_pretrain_cfg(None, ["MODEL.META_ARCHITECTURE", "OACMoCo"])
     cfg.INPUT.OAC.CROP_SCALE_MIN = 0.51
     return cfg
 

@@ -16,10 +16,10 @@ import tempfile
 import time
 
 import numpy as np
-
-import objpretrain  # noqa: F401  (registers the demo datasets)
 from detectron2.data import DatasetCatalog
 from detectron2.structures import BoxMode
+
+import objpretrain  # noqa: F401  (registers the demo datasets)
 from objpretrain.data.datasets import demo_root, make_synthetic_coco
 from objpretrain.data.datasets.image_folder import list_images
 from objpretrain.data.proposals import get_recipe, pairwise_iou, process_image

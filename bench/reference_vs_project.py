@@ -25,7 +25,10 @@ import numpy as np
 from scipy.stats import ttest_ind
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETTINGS = {"moco": ("configs/demo/oac_moco_r18_demo.yaml", 0.01), "byol": ("configs/demo/oac_byol_r18_demo.yaml", 0.05)}
+SETTINGS = {
+    "moco": ("configs/demo/oac_moco_r18_demo.yaml", 0.01),
+    "byol": ("configs/demo/oac_byol_r18_demo.yaml", 0.05),
+}
 
 
 def project_command(method, images, eval_images, output, seed, iters):
@@ -105,7 +108,8 @@ def main(argv=None):
         print(f"| {name} | " + " | ".join(cells) + " |")
     if len(args.seeds) > 1:
         final = {name: [r["final"] for r in rows] for name, rows in results.items()}
-        print(f"project - reference, final retrieval: Welch p = {ttest_ind(*final.values(), equal_var=False).pvalue:.3f}")
+        welch = ttest_ind(*final.values(), equal_var=False)
+        print(f"project - reference, final retrieval: Welch p = {welch.pvalue:.3f}")
         for name, rows in results.items():
             p = ttest_ind([r["final"] for r in rows], [r["initial"] for r in rows], equal_var=False).pvalue
             print(f"{name}: final > initial weights, Welch p = {p:.4f}")

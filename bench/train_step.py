@@ -18,7 +18,7 @@ this process and of its live data-loader workers) and, on CUDA, peak GPU memory.
     # GPU, SoCo-R50-FPN at batch 64 with AMP, synthetic views (no data loading), channels-last, FLOPs and MFU
     python bench/train_step.py --config-file configs/soco_r50_fpn.yaml --device cuda --batch 64 --amp --synthetic \
         --channels-last --flops --peak-tflops 989
-    # the OAC demo configs (any OAC config: the synthetic batch follows OBJPRETRAIN.MAPPER)
+    # the OAC demo configs (any OAC config: the synthetic batch follows the model's mapper)
     python bench/train_step.py --config-file configs/demo/oac_moco_r18_demo.yaml --synthetic
 
 FLOPs (``--flops``): PyTorch's ``torch.utils.flop_counter.FlopCounterMode`` over one whole training step
@@ -44,7 +44,8 @@ from detectron2.modeling import build_model
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import objpretrain  # noqa: E402,F401
 from objpretrain.config import get_pretrain_cfg  # noqa: E402
-from objpretrain.engine import build_pretrain_optimizer, unwrap_model  # noqa: E402
+from objpretrain.engine import build_pretrain_optimizer, ema_update, unwrap_model  # noqa: E402
+from objpretrain.modeling.contract import dataset_mapper_name  # noqa: E402
 
 
 def synthetic_soco_batch(cfg, batch_size, seed=0):
@@ -84,7 +85,9 @@ def synthetic_oac_batch(cfg, batch_size, seed=0):
 
 
 def synthetic_batch(cfg, batch_size):
-    return (synthetic_oac_batch if cfg.OBJPRETRAIN.MAPPER == "oac" else synthetic_soco_batch)(cfg, batch_size)
+    """A batch of random inputs of the form the config's model takes (its mapper's outputs)."""
+    return {"SoCoMapper": synthetic_soco_batch, "OACMapper": synthetic_oac_batch}[dataset_mapper_name(cfg)](
+        cfg, batch_size)
 
 
 def fvcore_forward_macs(model, batch):
@@ -161,7 +164,7 @@ def time_steps(cfg, args, view_batching=None, foreach=True):
     optimizer = build_pretrain_optimizer(cfg, model)
     set_foreach(optimizer, foreach)
     scaler = torch.amp.GradScaler(args.device, enabled=args.amp)
-    momentum_update = getattr(unwrap_model(model), "momentum_update", None)
+    momentum_pairs = list(unwrap_model(model).momentum_pairs().values())
     if args.synthetic:
         batches = itertools.repeat(synthetic_batch(cfg, cfg.SOLVER.IMS_PER_BATCH))
     else:
@@ -190,8 +193,8 @@ def time_steps(cfg, args, view_batching=None, foreach=True):
         scaler.step(optimizer)
         scaler.update()
         marks.append(now())
-        if momentum_update is not None:
-            momentum_update(0.99, foreach=foreach)
+        if momentum_pairs:
+            ema_update(momentum_pairs, 0.99, foreach=foreach)
         marks.append(now())
         if args.compile and iteration == 0:
             compile_s = marks[-1] - marks[0]  # the first step compiles
@@ -209,7 +212,7 @@ def time_steps(cfg, args, view_batching=None, foreach=True):
         "amp": args.amp,
         "channels_last": args.channels_last,
         "compile": args.compile,
-        "view_batching": cfg.MODEL.SOCO.VIEW_BATCHING if cfg.OBJPRETRAIN.MAPPER == "soco" else None,
+        "view_batching": cfg.MODEL.SOCO.VIEW_BATCHING if dataset_mapper_name(cfg) == "SoCoMapper" else None,
         "foreach": foreach,
         "data": "synthetic" if args.synthetic else f"loader, {cfg.DATALOADER.NUM_WORKERS} workers",
         "iters": args.iters,
@@ -261,7 +264,8 @@ def main():
     parser.add_argument("--compare", action="store_true",
                         help="time the variants of COMPARE_VARIANTS in this run, each with its ratio to the first")
     parser.add_argument("--passes", type=int, default=3, help="--compare: passes over the variants, averaged")
-    parser.add_argument("--flops", action="store_true", help="count FLOPs (PyTorch, fvcore as a cross-check) and report model FLOPs utilization")
+    parser.add_argument("--flops", action="store_true",
+                        help="count FLOPs (PyTorch, fvcore as a cross-check) and report model FLOPs utilization")
     parser.add_argument("--peak-tflops", type=float, default=989.0,
                         help="the device's peak dense TFLOP/s for MFU (H200 / H100 SXM bf16/fp16: 989)")
     parser.add_argument("--json", help="also append the result line to this file")
@@ -276,7 +280,7 @@ def main():
     if not args.compare:
         write(time_steps(cfg, args, args.view_batching, not args.no_foreach), args.json)
         return
-    variants = COMPARE_VARIANTS if cfg.OBJPRETRAIN.MAPPER == "soco" else [
+    variants = COMPARE_VARIANTS if dataset_mapper_name(cfg) == "SoCoMapper" else [
         (name, None, foreach) for name, batching, foreach in COMPARE_VARIANTS if batching == "per_view"]
     # Passes A B C, A B C, ...: the first variant timed in a fresh process runs slower (allocator and thread-pool
     # warm-up), which would flatter the others; each variant's images/s is the mean over the passes.

@@ -232,7 +232,8 @@ def prepare(root, download_dir, force=False):
     build_trees_voc(os.path.join(staging, "trees"), os.path.join(staging, TREES_VOC))
     with open(os.path.join(staging, TREES_VOC, ".complete"), "w") as f:
         f.write(TREES_VOC_VERSION)
-    num_unlabeled = build_unlabeled(data_dir, os.path.join(staging, "trees", "images"), os.path.join(staging, "unlabeled"))
+    num_unlabeled = build_unlabeled(data_dir, os.path.join(staging, "trees", "images"),
+                                    os.path.join(staging, "unlabeled"))
     with open(os.path.join(staging, "README.md"), "w") as f:
         f.write(
             "Built by datasets/prepare_demo.py. Sources: scikit-image's bundled photographs (public domain / CC0,"

@@ -11,12 +11,11 @@ import warnings
 # imports only. Tools import objpretrain before Detectron2, so these imports come first.
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
-    import fvcore.nn  # noqa: F401
     import detectron2.modeling.box_regression  # noqa: F401
+    import fvcore.nn  # noqa: F401
 
-from . import config  # noqa: F401
-from . import data  # noqa: F401  (dataset registration)
-from . import modeling  # noqa: F401  (META_ARCH_REGISTRY, ROI_HEADS_REGISTRY, ...)
+# Registration: datasets and mappers (data), META_ARCH_REGISTRY, ROI_HEADS_REGISTRY, ... (modeling).
+from . import config, data, modeling  # noqa: F401
 from .config import add_objpretrain_config, get_pretrain_cfg  # noqa: F401
 
 __version__ = "0.1.0"

@@ -10,12 +10,25 @@ Learning" (NeurIPS 2021); "OAC" is Mishra et al., "Object-aware Cropping for Sel
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+__all__ = ["ConfigError", "ConfigFileError", "add_objpretrain_config", "get_pretrain_cfg", "merge_config_file"]
+
+
+class ConfigError(ValueError):
+    """A problem with a config that the user fixes with an override or a command; the message is one line that names
+    the key, its value and what would do (tools print it and exit with status 2, before any process starts)."""
+
+
+class ConfigFileError(ValueError):
+    """A config file (or a ``_BASE_`` it names) that cannot be merged; the one-line message names the file."""
+
 
 def add_objpretrain_config(cfg):
     """Adds every objpretrain key to ``cfg`` in place (idempotent)."""
     if hasattr(cfg, "OBJPRETRAIN"):
         return cfg
     _add_general_config(cfg)
+    _add_datasets_config(cfg)
+    _add_pretraining_model_config(cfg)
     _add_soco_config(cfg)
     _add_oac_config(cfg)
     _add_solver_config(cfg)
@@ -28,17 +41,38 @@ def get_pretrain_cfg(config_file=None, opts=None):
     cfg = get_cfg()
     add_objpretrain_config(cfg)
     if config_file:
-        cfg.merge_from_file(config_file)
+        merge_config_file(cfg, config_file)
     if opts:
         cfg.merge_from_list(list(opts))
     return cfg
 
 
+def merge_config_file(cfg, path):
+    """``cfg.merge_from_file(path)`` with YAML's safe loader, and a ConfigFileError naming ``path`` for any problem.
+
+    Detectron2's ``merge_from_file`` defaults to ``allow_unsafe=True``: a tag such as ``!!python/object/apply`` in a
+    config, or in a ``_BASE_`` it names, would run code when the file is read. Safe loading refuses the tag. A
+    ``_BASE_`` chain that comes back to a file recurses until Python's limit; that is reported as what it is.
+    """
+    try:
+        cfg.merge_from_file(path, allow_unsafe=False)
+    except RecursionError:
+        raise ConfigFileError(f"config {path}: its _BASE_ chain never ends (a file is its own base, directly or "
+                              "through others)") from None
+    except Exception as error:  # yaml, unicode, yacs type/key errors, _BASE_ of the wrong type or missing
+        message = " ".join(str(error).split())  # YAML errors span several lines; preflight prints one
+        if isinstance(error, (AttributeError, TypeError)):  # fvcore's words for an empty file or a bad _BASE_
+            message += " (a config file, and each _BASE_ it names, must be a YAML mapping; _BASE_ is a file name)"
+        raise ConfigFileError(f"config {path}: {type(error).__name__}: {message}") from error
+
+
 def _add_general_config(cfg):
     _C = cfg
     _C.OBJPRETRAIN = CN()
-    # Which pretraining dataset mapper builds the views: "soco" (SoCo §3.2) or "oac" (OAC §4.1).
-    _C.OBJPRETRAIN.MAPPER = "soco"
+    # The pretraining dataset mapper. Each pretraining meta-architecture names the one it takes (SoCo: SoCoMapper,
+    # SoCo §3.2; OAC models: OACMapper, OAC §4.1; objpretrain.modeling.contract); "" uses it. Configs written before
+    # that may still name it, by its registered or its short name ("soco", "oac"): it must be the model's.
+    _C.OBJPRETRAIN.MAPPER = ""
     # What to do with an image that fails to decode in the pretraining loader: "skip" logs and counts it
     # and draws another image; "raise" stops with the file name.
     _C.OBJPRETRAIN.BAD_IMAGE_POLICY = "skip"
@@ -76,9 +110,19 @@ def _add_general_config(cfg):
     _C.OBJPRETRAIN.HEALTH.RETRIEVAL_SEED = 0
 
 
-def _add_soco_config(cfg):
+def _add_datasets_config(cfg):
     _C = cfg
-    # ---- Model (SoCo §3.3, §4.1) ----
+    # Datasets registered from the config (objpretrain.data.datasets.register_datasets_from_cfg), so that a run's
+    # saved config.yaml registers them again. COCO-format sets, for fine-tuning and probes: "name:json_file:image_root".
+    _C.DATASETS.COCO_JSON_REGISTER = []
+    # Unlabelled image folders, for pretraining: "name:root" (image ids = relative paths without extension, the ids
+    # tools/generate_proposals.py --images DIR writes).
+    _C.DATASETS.IMAGE_FOLDER_REGISTER = []
+
+
+def _add_pretraining_model_config(cfg):
+    _C = cfg
+    # ---- Every pretraining meta-architecture (SoCo and OAC) and its trainer ----
     # Zero-initialize gamma of the last norm in every residual branch of the pretrained ResNet (and SoCo-C4's res5
     # head), so each block starts as the identity (Goyal et al. 2017). The papers do not say; the official SoCo
     # ResNet does it (contrast/resnet.py, docs/fidelity.md); Detectron2's leaves gamma at 1.
@@ -87,6 +131,11 @@ def _add_soco_config(cfg):
     # +9 % images/s under AMP on an H200; on a CPU it gained nothing, so it is never applied there;
     # docs/performance.md). Numbers are unchanged to fp32 rounding.
     _C.MODEL.CHANNELS_LAST = True
+
+
+def _add_soco_config(cfg):
+    _C = cfg
+    # ---- Model (SoCo §3.3, §4.1) ----
     _C.MODEL.SOCO = CN()
     # Feature maps RoIAlign reads: P2-P5 for SoCo-R50-FPN (§3.3: "we do not use P6"), res4 for SoCo-R50-C4.
     _C.MODEL.SOCO.IN_FEATURES = ["p2", "p3", "p4", "p5"]
@@ -318,8 +367,3 @@ def _add_finetune_config(cfg):
     _C = cfg
     # Extra norm after res5 in the C4 head (MoCo / SoCo C4 finetune configs), used by Res5ROIHeadsExtraNorm.
     _C.MODEL.ROI_BOX_HEAD.RES5_EXTRA_NORM = True
-    # COCO-format datasets registered from the config: list of "name:json_file:image_root".
-    _C.DATASETS.COCO_JSON_REGISTER = []
-    # Unlabelled image folders registered from the config: list of "name:root" (image ids = relative paths
-    # without extension, the ids tools/generate_proposals.py --images DIR writes).
-    _C.DATASETS.IMAGE_FOLDER_REGISTER = []

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torchvision
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.backbone import build_resnet_backbone
-from detectron2.layers import ShapeSpec
 
 import objpretrain  # noqa: F401
 from objpretrain.checkpoint import (
@@ -25,6 +25,7 @@ from objpretrain.checkpoint import (
     save_conversion,
 )
 from objpretrain.config import get_pretrain_cfg
+from objpretrain.utils.safe_pickle import UnsafePickleError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_PRETRAIN = os.path.join(REPO, "configs/demo/soco_r18_fpn_demo.yaml")
@@ -105,7 +106,8 @@ def test_soco_demo_transfers_exactly(soco_demo, tmp_path):
     pretrain, path = soco_demo
     output = str(tmp_path / "soco_demo.pkl")
     # The weights as pretrained (the default rescaling is tested below: the same function up to BN's eps).
-    conversion, new = convert_checkpoint(path, output, "d2-fpn", model_state_dict=finetune_model(DEMO_FINETUNE).state_dict(),
+    conversion, new = convert_checkpoint(path, output, "d2-fpn",
+                                         model_state_dict=finetune_model(DEMO_FINETUNE).state_dict(),
                                          keep_weight_scale=True)
     assert {n.split(".")[1] for n in new} == {"rpn_head", "box_predictor"}
     assert not any(name.startswith(("projector", "predictor", "target_network")) for name in conversion.state_dict)
@@ -159,7 +161,8 @@ def test_soco_r50_c4_fits_paper_configs(soco_r50_c4, config):
     detector = finetune_model(config)
     new = check_against_model(conversion, detector.state_dict())
     assert [n for n in new if n.startswith(("backbone.", "roi_heads.res5."))] == [
-        "roi_heads.res5.norm." + leaf for leaf in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+        "roi_heads.res5.norm." + leaf
+        for leaf in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
 
 
 def test_image_level_model_converts_backbone_only(tmp_path):
@@ -195,8 +198,9 @@ def test_r18_c4_converts_to_d2_c4_only():
     detector = finetune_model(os.path.join(REPO, "configs/demo/finetune_trees_r18_c4.yaml"))
     new = check_against_model(conversion, detector.state_dict())
     assert [n for n in new if n.startswith(("backbone.", "roi_heads.res5."))] == [
-        "roi_heads.res5.norm." + leaf for leaf in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
-    assert "backbone.res4.1.conv2.weight" in conversion.state_dict and "roi_heads.res5.2.conv3.weight" in conversion.state_dict
+        "roi_heads.res5.norm." + leaf
+        for leaf in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+    assert {"backbone.res4.1.conv2.weight", "roi_heads.res5.2.conv3.weight"} <= set(conversion.state_dict)
     for target in ("d2-fpn", "d2-backbone", "torchvision"):
         with pytest.raises(CheckpointError, match="R18-C4 model.*--to d2-c4"):
             convert_state_dict(state, target)
@@ -303,10 +307,13 @@ def test_moco_release_layout_picks_the_encoder(tmp_path):
     state_dict = {**{"module.encoder_q." + k: v for k, v in query.items()},
                   **{"module.encoder_k." + k: v for k, v in key.items()},
                   "module.queue": torch.zeros(128, 16), "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
-    # Released MoCo/DenseCL files also hold Python objects, which only the full unpickler reads.
+    # Released MoCo/DenseCL files also hold Python objects, which only the full unpickler reads, on request.
     torch.save({"epoch": 200, "arch": "resnet18", "args": argparse.Namespace(lr=0.03), "state_dict": state_dict},
                tmp_path / "moco.pth.tar")
-    state_dict = load_state_dict(str(tmp_path / "moco.pth.tar"))
+    with pytest.raises(UnsafePickleError, match="moco.pth.tar: refused to unpickle argparse.Namespace.*"
+                                                "--unsafe-full-unpickle"):
+        load_state_dict(str(tmp_path / "moco.pth.tar"))
+    state_dict = load_state_dict(str(tmp_path / "moco.pth.tar"), unsafe_full_unpickle=True)
     for encoder, weights in (("online", query), ("target", key)):
         conversion = convert_state_dict(state_dict, "d2-c4", encoder=encoder, keep_weight_scale=True)
         assert torch.equal(conversion.state_dict["roi_heads.res5.1.conv2.weight"], weights["layer4.1.conv2.weight"])

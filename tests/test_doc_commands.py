@@ -31,8 +31,9 @@ DOCS = ["README.md"] + sorted(os.path.relpath(p, REPO) for p in glob.glob(os.pat
 COMMAND = re.compile(r"^((?:[A-Z_][A-Z0-9_]*=\S*\s+)*)(python|\.venv/bin/python|make|bash)\b")
 # Options appended to runnable commands so that they finish in seconds (KEY VALUE overrides for the trainers).
 TINY = {
-    "tools/pretrain_net.py": "SOLVER.MAX_ITER 2 SOLVER.WARMUP_ITERS 1 SOLVER.IMS_PER_BATCH 4 SOLVER.CHECKPOINT_PERIOD 100 "
-                             "DATALOADER.NUM_WORKERS 0 OBJPRETRAIN.HEALTH.RETRIEVAL_PERIOD 0",
+    "tools/pretrain_net.py": "SOLVER.MAX_ITER 2 SOLVER.WARMUP_ITERS 1 SOLVER.IMS_PER_BATCH 4 "
+                             "SOLVER.CHECKPOINT_PERIOD 100 DATALOADER.NUM_WORKERS 0 "
+                             "OBJPRETRAIN.HEALTH.RETRIEVAL_PERIOD 0",
     "tools/train_net.py": "SOLVER.MAX_ITER 2 SOLVER.STEPS '(1,)' SOLVER.WARMUP_ITERS 1 SOLVER.CHECKPOINT_PERIOD 100 "
                           "'INPUT.MIN_SIZE_TRAIN' '(128,)' INPUT.MAX_SIZE_TRAIN 160 INPUT.MIN_SIZE_TEST 128 "
                           "INPUT.MAX_SIZE_TEST 160 DATALOADER.NUM_WORKERS 0",

@@ -1,5 +1,6 @@
 """Engine: LARS, the momentum-target hook, lr scaling / schedule, non-finite loss guard, atomic checkpoints."""
 import itertools
+import math
 import os
 import types
 
@@ -10,7 +11,8 @@ from detectron2.solver import get_default_optimizer_params
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from objpretrain.config import get_pretrain_cfg
+from objpretrain.config import ConfigError, get_pretrain_cfg
+from objpretrain.config_validation import validate_config
 from objpretrain.engine import (
     LARS,
     AtomicDetectionCheckpointer,
@@ -19,9 +21,11 @@ from objpretrain.engine import (
     PretrainTrainer,
     build_pretrain_optimizer,
     cosine_momentum,
+    ema_update,
     resolve_schedule,
     scaled_base_lr,
 )
+from objpretrain.modeling.contract import PretrainingModel
 from test_soco_model import make_soco_batch, tiny_cfg
 
 
@@ -39,14 +43,30 @@ def test_cosine_momentum_end_points_and_midpoint():
     assert all(a <= b for a, b in zip(values, values[1:]))
 
 
-class _RecordingModel:
+class _TwoLinearModel(PretrainingModel):
+    """The smallest model of the contract with a target network: one online and one target Linear."""
+
     momentum_base, momentum_end = 0.99, 1.0
 
     def __init__(self):
-        self.taus = []
+        super().__init__()
+        self.online, self.target = nn.Linear(3, 2), nn.Linear(3, 2).requires_grad_(False)
+        with torch.no_grad():
+            self.target.weight.zero_()
+            self.target.bias.zero_()
+            self.online.weight.fill_(1.0)
+            self.online.bias.fill_(1.0)
 
-    def momentum_update(self, tau):
-        self.taus.append(tau)
+    def momentum_pairs(self):
+        return {"head": (self.online, self.target)}
+
+    device = torch.device("cpu")
+
+    def normalize(self, images):
+        return images.float()
+
+    def image_features(self, images):
+        return images.flatten(1)
 
 
 def _hook_with_trainer(max_iter, model, storage):
@@ -57,7 +77,7 @@ def _hook_with_trainer(max_iter, model, storage):
 
 def test_momentum_hook_follows_the_schedule_and_resumes_from_its_state():
     with EventStorage(0) as storage:
-        model = _RecordingModel()
+        model = _TwoLinearModel()
         hook = _hook_with_trainer(4, model, storage)
         hook.before_train()
         hook.after_step()
@@ -67,13 +87,25 @@ def test_momentum_hook_follows_the_schedule_and_resumes_from_its_state():
         resumed.load_state_dict(state)
         resumed.after_step()
         resumed.after_step()
-        assert model.taus == pytest.approx([cosine_momentum(k, 4, 0.99) for k in range(4)])
+        # The target (0) moves towards the online module (1): after k updates it is 1 - prod(tau_i).
+        expected = 1.0 - math.prod(cosine_momentum(k, 4, 0.99) for k in range(4))
+        assert torch.allclose(model.target.weight, torch.full((2, 3), expected))
+        assert torch.allclose(model.target.bias, torch.full((2,), expected))
         assert storage.history("momentum_tau").latest() == pytest.approx(cosine_momentum(3, 4, 0.99))
+
+
+def test_ema_update_matches_parameters_by_name_with_or_without_foreach():
+    online = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    for foreach in (True, False):
+        target = nn.Sequential(nn.Linear(2, 2))  # the online module may hold more (BYOL's predictor)
+        before = target[0].weight.detach().clone()
+        ema_update([(online, target)], 0.75, foreach=foreach)
+        assert torch.allclose(target[0].weight, 0.75 * before + 0.25 * online[0].weight)
 
 
 def test_momentum_hook_refuses_a_model_without_a_target_network():
     hook = _hook_with_trainer(4, nn.Linear(1, 1), None)
-    with pytest.raises(AttributeError, match="momentum_update"):
+    with pytest.raises(TypeError, match="momentum pairs"):
         hook.before_train()
 
 
@@ -167,8 +199,10 @@ def test_predictor_lr_factor_scales_exactly_the_predictor(repo_root, optimizer_n
 def test_optimizer_choice():
     model = nn.Linear(2, 2)
     assert isinstance(build_pretrain_optimizer(solver_cfg("SOLVER.OPTIMIZER", "SGD"), model), torch.optim.SGD)
-    with pytest.raises(ValueError, match="SOLVER.OPTIMIZER"):
-        build_pretrain_optimizer(solver_cfg("SOLVER.OPTIMIZER", "Adam"), model)
+    assert isinstance(build_pretrain_optimizer(solver_cfg("SOLVER.OPTIMIZER", "lars"), model), LARS)  # any case
+    validate_config(solver_cfg("SOLVER.OPTIMIZER", "lars"))
+    with pytest.raises(ConfigError, match="^SOLVER.OPTIMIZER is 'Adam'; allowed: 'LARS', 'SGD'$"):
+        validate_config(solver_cfg("SOLVER.OPTIMIZER", "Adam"))
 
 
 # ---- lr scaling and schedule (SoCo §4.1) ----
@@ -185,8 +219,8 @@ def test_square_root_lr_scaling_rule():
                      "SOLVER.LR_SCALING", "sqrt")
     assert scaled_base_lr(cfg) == pytest.approx(0.05 * 8 ** 0.5)
     cfg.SOLVER.LR_SCALING = "cubic"
-    with pytest.raises(ValueError, match="LR_SCALING"):
-        scaled_base_lr(cfg)
+    with pytest.raises(ConfigError, match="LR_SCALING"):
+        validate_config(cfg)
 
 
 def test_epochs_become_iterations_from_the_dataset_size():
@@ -196,8 +230,8 @@ def test_epochs_become_iterations_from_the_dataset_size():
     assert (resolved.SOLVER.MAX_ITER, resolved.SOLVER.WARMUP_ITERS) == (62557, 6256)
     assert resolved.is_frozen() and cfg.SOLVER.MAX_ITER != 62557
     assert resolve_schedule(resolved, num_images=1281167).SOLVER.MAX_ITER == 62557
-    with pytest.raises(ValueError, match="WARMUP_EPOCHS"):
-        resolve_schedule(solver_cfg("SOLVER.WARMUP_EPOCHS", "1"), num_images=10)
+    with pytest.raises(ConfigError, match="WARMUP_EPOCHS is 1; is set but SOLVER.EPOCHS is not"):
+        validate_config(solver_cfg("SOLVER.WARMUP_EPOCHS", "1"))
 
 
 def test_warmup_longer_than_the_run_is_capped():

@@ -36,12 +36,14 @@ def test_paper_finetune_protocol(config, fractions, weight_decay, max_iter):
     """SoCo §4.2: batch 16, lr 0.02, weight decay, lr steps at fixed fractions; SyncBN; RGB as pretrained."""
     cfg = get_pretrain_cfg(os.path.join(REPO, "configs/finetune", config + ".yaml"))
     solver = cfg.SOLVER
-    assert (solver.IMS_PER_BATCH, solver.BASE_LR, solver.WEIGHT_DECAY, solver.MAX_ITER) == (16, 0.02, weight_decay, max_iter)
+    assert (solver.IMS_PER_BATCH, solver.BASE_LR, solver.WEIGHT_DECAY, solver.MAX_ITER) == (
+        16, 0.02, weight_decay, max_iter)
     assert tuple(solver.STEPS) == tuple(round(f * max_iter) for f in fractions)
     assert solver.WARMUP_ITERS == (100 if "voc" in config else 1000)
     assert cfg.MODEL.RESNETS.NORM == "SyncBN" and cfg.MODEL.BACKBONE.FREEZE_AT == 0
     assert not cfg.MODEL.RESNETS.STRIDE_IN_1X1 and cfg.INPUT.FORMAT == "RGB"
-    assert list(cfg.MODEL.PIXEL_MEAN) == [123.675, 116.28, 103.53] and list(cfg.MODEL.PIXEL_STD) == [58.395, 57.12, 57.375]
+    assert list(cfg.MODEL.PIXEL_MEAN) == [123.675, 116.28, 103.53]
+    assert list(cfg.MODEL.PIXEL_STD) == [58.395, 57.12, 57.375]
     if "FPN" in config:
         assert cfg.MODEL.FPN.NORM == cfg.MODEL.ROI_BOX_HEAD.NORM == cfg.MODEL.ROI_MASK_HEAD.NORM == "SyncBN"
         assert (cfg.MODEL.ROI_BOX_HEAD.NUM_CONV, cfg.MODEL.ROI_BOX_HEAD.NUM_FC) == (4, 1)
@@ -50,7 +52,8 @@ def test_paper_finetune_protocol(config, fractions, weight_decay, max_iter):
     if "mini" in config:
         assert cfg.DATASETS.TRAIN == ("coco_2017_train_" + config.rsplit("_", 1)[1],)
     if "voc" in config:
-        assert cfg.DATASETS.TRAIN == ("voc_2007_trainval", "voc_2012_trainval") and cfg.DATASETS.TEST == ("voc_2007_test",)
+        assert cfg.DATASETS.TRAIN == ("voc_2007_trainval", "voc_2012_trainval")
+        assert cfg.DATASETS.TEST == ("voc_2007_test",)
 
 
 def test_demo_finetune_matches_demo_pretraining():
@@ -105,7 +108,8 @@ def test_make_mini_coco(tmp_path, capsys, monkeypatch):
     outputs = {}
     for seed in (0, 0, 1):
         output = str(tmp_path / f"mini_{seed}.json")
-        assert make_mini_coco.main(["--input", json_path, "--percent", "30", "--seed", str(seed), "--output", output]) == 0
+        argv = ["--input", json_path, "--percent", "30", "--seed", str(seed), "--output", output]
+        assert make_mini_coco.main(argv) == 0
         with open(output) as f:
             subset = json.load(f)
         assert seed not in outputs or subset == outputs[seed]  # seeded: the same subset every time
@@ -198,3 +202,45 @@ def test_lvis_configs_are_the_official_recipes_and_build(name, max_iter, weight_
     assert MetadataCatalog.get("lvis_v1_val").evaluator_type == "lvis"
     model = build_model(cfg)
     assert model.roi_heads.box_predictor.cls_score.out_features == 1204
+
+
+BUILDERS = ["build_train_loader", "schedule_config", "build_model", "build_optimizer", "build_ddp_model",
+            "build_step_trainer", "build_lr_scheduler", "build_checkpointer", "build_hooks"]
+
+
+def _recording(trainer_class, calls):
+    """A subclass of ``trainer_class`` whose builders append their name to ``calls``, then do what they did."""
+    import inspect
+
+    def recorded(name):
+        def builder(cls_or_self, *args):
+            calls.append(name)
+            return getattr(super(subclass, cls_or_self), name)(*args)
+        return classmethod(builder) if isinstance(inspect.getattr_static(trainer_class, name), classmethod) else builder
+
+    subclass = type(f"Recording{trainer_class.__name__}", (trainer_class,), {n: recorded(n) for n in BUILDERS})
+    return subclass
+
+
+def test_both_trainers_are_made_by_their_builders_without_patching_detectron2(synthetic_coco, tmp_path):
+    """One trainer pattern: ResumableTrainer.__init__ calls every builder, in order (a trainer customizes by
+    overriding them, never __init__); the checkpointer is the atomic one from the start; Detectron2's
+    create_ddp_model is not replaced."""
+    import detectron2.engine.defaults as d2_defaults
+
+    from objpretrain.engine import AtomicDetectionCheckpointer, FinetuneTrainer, PretrainTrainer, ResumableTrainer
+
+    calls = []
+    ddp_before = d2_defaults.create_ddp_model
+    spec = f"ft_builders:{synthetic_coco['json']}:{synthetic_coco['image_root']}"
+    cfg = get_pretrain_cfg(DEMO_FINETUNE, ["MODEL.DEVICE", "cpu", "DATASETS.COCO_JSON_REGISTER", f"('{spec}',)",
+                                           "DATASETS.TRAIN", "('ft_builders',)", "DATASETS.TEST", "()",
+                                           "MODEL.ROI_HEADS.NUM_CLASSES", "3", "DATALOADER.NUM_WORKERS", "0",
+                                           "OUTPUT_DIR", str(tmp_path)])
+    register_datasets_from_cfg(cfg)
+    trainer = _recording(FinetuneTrainer, calls)(cfg)
+    assert calls == BUILDERS
+    assert type(trainer.checkpointer) is AtomicDetectionCheckpointer
+    assert d2_defaults.create_ddp_model is ddp_before and ddp_before.__module__ == "detectron2.engine.defaults"
+    for trainer_class in (PretrainTrainer, FinetuneTrainer):
+        assert issubclass(trainer_class, ResumableTrainer) and "__init__" not in vars(trainer_class)

@@ -91,8 +91,8 @@ def test_synthetic_coco_is_deterministic_and_valid(tmp_path):
 
 def test_demo_datasets_register_with_valid_dicts(demo_data):
     from detectron2.data import DatasetCatalog, MetadataCatalog
-    from pycocotools.coco import COCO
     from PIL import Image
+    from pycocotools.coco import COCO
 
     unlabeled = DatasetCatalog.get("demo_unlabeled")
     assert len(unlabeled) >= 40
@@ -125,13 +125,15 @@ def test_demo_trees_in_voc_layout_have_the_coco_boxes(demo_data):
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     for split in ("train", "val"):
-        coco = {os.path.splitext(os.path.basename(d["file_name"]))[0]: d for d in DatasetCatalog.get(f"demo_trees_{split}")}
+        coco = {os.path.splitext(os.path.basename(d["file_name"]))[0]: d
+                for d in DatasetCatalog.get(f"demo_trees_{split}")}
         voc = DatasetCatalog.get(f"demo_trees_voc_{split}")
         assert MetadataCatalog.get(f"demo_trees_voc_{split}").evaluator_type == "pascal_voc"
         assert sorted(d["image_id"] for d in voc) == sorted(coco)
         for d in voc:
-            expected = np.array(sorted([a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                                       for a in coco[d["image_id"]]["annotations"])).reshape(-1, 4)
+            xyxy = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                    for a in coco[d["image_id"]]["annotations"]]
+            expected = np.array(sorted(xyxy)).reshape(-1, 4)
             boxes = np.array(sorted(a["bbox"] for a in d["annotations"])).reshape(-1, 4)
             assert boxes.shape == expected.shape and np.abs(boxes - expected).max(initial=0) <= 0.5 + 1e-6
             assert (d["width"], d["height"]) == (coco[d["image_id"]]["width"], coco[d["image_id"]]["height"])

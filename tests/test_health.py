@@ -23,10 +23,10 @@ from objpretrain.evaluation.view_retrieval import (
     retrieval_top1,
     view_retrieval,
 )
+from objpretrain.modeling.contract import PretrainingModel
 from objpretrain.modeling.health import HealthRecord, byol_collapse_loss, embedding_spread, info_nce_collapse_loss
 from objpretrain.modeling.losses import BYOLLoss
 from objpretrain.modeling.losses.infonce import InfoNCELoss
-
 
 # ---- statistics ----
 
@@ -43,7 +43,10 @@ def test_spread_is_about_one_for_embeddings_spread_on_the_sphere():
 def test_byol_collapse_value_is_what_a_predictor_of_the_mean_target_scores():
     generator = torch.Generator().manual_seed(0)
     t1, t2 = torch.randn(32, 16, generator=generator) + 1, torch.randn(32, 16, generator=generator) + 1
-    mean_of = lambda t: nn.functional.normalize(nn.functional.normalize(t, dim=1).mean(0), dim=0).expand_as(t)
+
+    def mean_of(t):
+        return nn.functional.normalize(nn.functional.normalize(t, dim=1).mean(0), dim=0).expand_as(t)
+
     constant = BYOLLoss()(mean_of(t2), t2, mean_of(t1), t1)
     assert float(byol_collapse_loss(t2, t1)) == pytest.approx(float(constant), rel=1e-5)
     # A predictor that follows its target scores below the collapse value.
@@ -126,8 +129,11 @@ def test_view_retrieval_scores_an_invariant_embedding_and_leaves_the_module_unch
 
 # ---- the hook ----
 
-class _FakeModel(nn.Module):
-    """online_network.backbone with ResNet stage names, a target, image_features and a health record."""
+class _FakeModel(PretrainingModel):
+    """A pretraining model of the contract: online_network.backbone with ResNet stage names, its target (the
+    "backbone" momentum pair), image_features at 32-px views and a health record the test sets."""
+
+    view_size = 32
 
     def __init__(self):
         super().__init__()
@@ -138,8 +144,17 @@ class _FakeModel(nn.Module):
         self.target_network.backbone = nn.ModuleDict({"stem": nn.Conv2d(3, 4, 3), "res2": nn.Conv2d(4, 4, 3)})
         self.target_network.load_state_dict({k: v for k, v in self.online_network.state_dict().items()
                                              if k.startswith("backbone")})
-        self.health = None
-        self.device = torch.device("cpu")
+        self.record = None
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+    def momentum_pairs(self):
+        return {"backbone": (self.online_network.backbone, self.target_network.backbone)}
+
+    def health_record(self):
+        return self.record
 
     def normalize(self, x):
         return x.float() / 255
@@ -162,12 +177,13 @@ def _step(hook, storage, iteration, embeddings, losses=None):
     hook.trainer.storage = storage
     for name, value in (losses or {}).items():
         storage.put_scalar(name, value)
-    hook.trainer.model.health = HealthRecord(embeddings=embeddings, collapse_losses={"loss_x": 2.0})
+    hook.trainer.model.record = HealthRecord(embeddings=embeddings, collapse_losses={"loss_x": 2.0})
     hook.after_step()
 
 
 def test_weight_groups_are_the_resnet_stages_of_a_plain_and_an_fpn_backbone(repo_root):
     from detectron2.modeling import build_model
+
     from test_soco_model import tiny_cfg
 
     model = build_model(tiny_cfg(repo_root))
@@ -258,10 +274,12 @@ def test_hook_measures_retrieval_at_start_and_every_period(tmp_path, scene_files
     name = "health_retrieval_test"
     if name not in DatasetCatalog:
         DatasetCatalog.register(name, lambda: [{"file_name": f} for f in scene_files])
+    # RETRIEVAL_SIZE 0: the views are rendered at the model's view_size (32 px).
     hook, model = _hook(tmp_path, "OBJPRETRAIN.HEALTH.RETRIEVAL_PERIOD", "2", "OBJPRETRAIN.HEALTH.RETRIEVAL_DATASET",
-                        name, "OBJPRETRAIN.HEALTH.RETRIEVAL_SIZE", "32", "OBJPRETRAIN.MAPPER", "oac")
+                        name)
     with EventStorage(0) as storage:
         hook.before_train()
+        assert hook._views.view1.shape[-1] == 32
         assert 0 <= hook.initial_retrieval <= 1
         _step(hook, storage, 0, {"projector": torch.randn(8, 4)})
         assert "health/view_retrieval" not in storage.latest()

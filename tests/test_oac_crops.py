@@ -6,11 +6,11 @@ tell which part of the original image it shows.
 import numpy as np
 import pytest
 import torch
+from detectron2.structures import BoxMode
 from PIL import Image
 
-from detectron2.structures import BoxMode
-
-from objpretrain.config import get_pretrain_cfg
+from objpretrain.config import ConfigError, get_pretrain_cfg
+from objpretrain.config_validation import validate_config
 from objpretrain.data.boxes_oac import (
     average_box_fraction,
     crop_scale_min,
@@ -38,8 +38,7 @@ def coordinate_image(tmp_path_factory):
 
 
 def _cfg(**oac):
-    cfg = get_pretrain_cfg()
-    cfg.OBJPRETRAIN.MAPPER = "oac"
+    cfg = get_pretrain_cfg(None, ["MODEL.META_ARCHITECTURE", "OACMoCo"])
     cfg.INPUT.OAC.CROP_SIZE = 32
     cfg.INPUT.OAC.CROP_SCALE_MIN = 0.5
     for key, value in oac.items():
@@ -171,8 +170,8 @@ def test_official_dilation_scales_coordinates_about_the_origin():
     np.testing.assert_allclose(dilate_box([150, 80, 190, 95], 0.2, 100, 200, "official"), [120, 64, 200, 100])
     with pytest.raises(ValueError, match="DILATION_MODE"):
         dilate_box([0, 0, 1, 1], 0.1, 10, 10, "image")
-    with pytest.raises(ValueError, match="DILATION_MODE"):
-        OACMapper(_cfg(DILATION_MODE="image"))
+    with pytest.raises(ConfigError, match="DILATION_MODE"):
+        validate_config(_cfg(DILATION_MODE="image"))
 
 
 def test_official_minimum_box_side_widens_small_boxes_as_the_released_code():
@@ -188,8 +187,8 @@ def test_official_minimum_box_side_widens_small_boxes_as_the_released_code():
     assert widen_small_box_official([1, 2, 3, 4], 0, 400, 500).tolist() == [1, 2, 3, 4]
     with pytest.raises(ValueError, match="MIN_BOX_SIDE"):
         widen_small_box_official([1, 2, 3, 4], -1, 400, 500)
-    with pytest.raises(ValueError, match="MIN_BOX_SIDE"):
-        OACMapper(_cfg(MIN_BOX_SIDE=-1.0))
+    with pytest.raises(ConfigError, match="MIN_BOX_SIDE"):
+        validate_config(_cfg(MIN_BOX_SIDE=-1.0))
 
 
 def test_mapper_crops_the_widened_box_and_its_widened_dilation(coordinate_image):
@@ -287,8 +286,8 @@ def test_swapped_views_trade_the_object_and_the_dilated_crop(coordinate_image):
     assert outside == [False, True]
     cfg = _cfg(SWAP_VIEWS_PROB=0.5)
     cfg.MODEL.OAC.LAMBDA_ROT = 1.0
-    with pytest.raises(ValueError, match="SWAP_VIEWS_PROB"):
-        OACMapper(cfg)
+    with pytest.raises(ConfigError, match="SWAP_VIEWS_PROB is 0.5; with MODEL.OAC.LAMBDA_ROT 1.0 the pretext loss"):
+        validate_config(cfg)
 
 
 def test_image_without_proposals_falls_back_to_scene_crops_and_is_counted(coordinate_image):
@@ -347,10 +346,10 @@ def test_rotation_labels_index_the_angle_set(coordinate_image):
     mapper = OACMapper(_cfg(CROP_MODE="scene", ROTATIONS=[0, 90, 180, 270]))
     labels = {mapper(_record(coordinate_image, []))["rotation_label"] for _ in range(40)}
     assert labels == {0, 1, 2, 3}
-    with pytest.raises(ValueError, match="ROTATIONS"):
-        OACMapper(_cfg(CROP_MODE="scene", ROTATIONS=[0, 45]))
+    with pytest.raises(ConfigError, match="ROTATIONS"):
+        validate_config(_cfg(CROP_MODE="scene", ROTATIONS=[0, 45]))
 
 
 def test_invalid_crop_mode_is_rejected():
-    with pytest.raises(ValueError, match="CROP_MODE"):
-        OACMapper(_cfg(CROP_MODE="object"))
+    with pytest.raises(ConfigError, match="CROP_MODE"):
+        validate_config(_cfg(CROP_MODE="object"))

@@ -7,11 +7,10 @@ import os
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import BoxMode
+from PIL import Image
 
 from objpretrain.config import get_pretrain_cfg
 from objpretrain.data.datasets.ohms import build_ohms_subset, load_class_descriptions, register_ohms
@@ -286,7 +285,8 @@ def test_several_probes_in_one_process_equal_separate_runs(linear_eval, syntheti
     together = linear_eval.main(renamed + specs + ["DATASETS.COCO_JSON_REGISTER", register])
     assert len(together) == 3
     for task, size, output, result in zip(tasks, sizes, outputs, together):
-        alone = linear_eval.main(_probe_args(synthetic_coco, tmp_path, "--task", task, "--resize", size, "--crop", size))
+        alone = linear_eval.main(_probe_args(synthetic_coco, tmp_path, "--task", task, "--resize", size,
+                                             "--crop", size))
         for key in ("train_dataset", "test_dataset"):
             result.pop(key, None), alone.pop(key, None)
         with open(output) as f:

@@ -5,7 +5,6 @@ import pickle
 
 import numpy as np
 import pytest
-
 from detectron2.data import DatasetCatalog
 from detectron2.structures import BoxMode
 

@@ -11,7 +11,6 @@ import runpy
 import numpy as np
 import pytest
 import torch
-
 from detectron2.utils.env import seed_all_rng
 
 import objpretrain.data.oac_mapper as oac_mapper_module

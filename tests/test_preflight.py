@@ -74,7 +74,8 @@ def test_syncbn_in_several_cpu_processes_names_the_key_and_the_replacement(demo_
         check_runnable(get_pretrain_cfg(DEMO_CONFIG, opts), num_processes=2)
     check_runnable(get_pretrain_cfg(DEMO_CONFIG, opts), num_processes=1)
     heads = ["MODEL.SOCO.HEAD_NORM", "SyncBN", "DATASETS.PROPOSAL_FILES_TRAIN", "()"]
-    with pytest.raises(ConfigError, match="MODEL.SOCO.HEAD_NORM.*the override `MODEL.SOCO.HEAD_NORM` `naiveSyncBN`.*`BN`"):
+    expected = "MODEL.SOCO.HEAD_NORM.*the override `MODEL.SOCO.HEAD_NORM` `naiveSyncBN`.*`BN`"
+    with pytest.raises(ConfigError, match=expected):
         check_runnable(get_pretrain_cfg(DEMO_CONFIG, heads), num_processes=4)
     check_runnable(get_pretrain_cfg(DEMO_CONFIG, ["DATASETS.PROPOSAL_FILES_TRAIN", "()"]), num_processes=2)
 
@@ -83,3 +84,19 @@ def test_a_runnable_config_passes(demo_root, tmp_path):
     proposals = tmp_path / "proposals.pkl"
     proposals.write_bytes(b"")
     assert check_runnable(get_pretrain_cfg(DEMO_CONFIG, ["DATASETS.PROPOSAL_FILES_TRAIN", f"('{proposals}',)"])) is None
+
+
+@pytest.mark.parametrize("override, fragments", [
+    (("MODEL.SOCO.VIEW_BATCHING", "per_viw"),
+     ("MODEL.SOCO.VIEW_BATCHING is 'per_viw'; allowed: 'per_view', 'per_size'",)),
+    (("OBJPRETRAIN.MAPPER", "oac"),
+     ("OBJPRETRAIN.MAPPER is 'oac'", "MODEL.META_ARCHITECTURE 'SoCo' takes the SoCoMapper")),
+])
+def test_a_bad_value_stops_before_launch_in_one_line_and_writes_nothing(demo_root, tmp_path, override, fragments):
+    """The two failures of issue 25: a typo in a choice key (was: a traceback from the model's constructor, after the
+    output folder and log were written) and a mapper the model does not take (was: KeyError in the training step)."""
+    output = tmp_path / "output"
+    result = _run("pretrain_net.py", "--config-file", DEMO_CONFIG, *override, "OUTPUT_DIR", str(output),
+                  env=dict(os.environ))
+    _assert_one_line(result, *fragments)
+    assert not output.exists()

@@ -206,7 +206,7 @@ def test_learning_configs_build_train_a_step_and_keep_the_regime(name):
     losses = model(batch)
     sum(losses.values()).backward()
     assert all(torch.isfinite(v) for v in losses.values())
-    assert model.health is not None and model.health.collapse_losses.keys() <= losses.keys()
+    assert model.health_record() is not None and model.health_record().collapse_losses.keys() <= losses.keys()
 
 
 def _transferable_keys(soco_model, head):

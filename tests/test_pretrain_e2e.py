@@ -149,8 +149,9 @@ def test_c4_chain_pretrain_convert_finetune_and_voc_evaluation(repo_root, tiny_u
     finetune_config = os.path.join(repo_root, "configs/demo/finetune_trees_r18_c4.yaml")
     converted = str(tmp_path / "soco_c4.pkl")
     result = subprocess.run(
-        [sys.executable, os.path.join(repo_root, "tools/convert_ckpt.py"), os.path.join(pretrain_dir, "model_final.pth"),
-         converted, "--to", "d2-c4", "--verify-config", finetune_config], capture_output=True, text=True)
+        [sys.executable, os.path.join(repo_root, "tools/convert_ckpt.py"),
+         os.path.join(pretrain_dir, "model_final.pth"), converted, "--to", "d2-c4", "--verify-config", finetune_config],
+        capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
     train_net = load_tool("train_net")
@@ -165,7 +166,8 @@ def test_c4_chain_pretrain_convert_finetune_and_voc_evaluation(repo_root, tiny_u
     assert all(np.isfinite(v) for v in results["bbox"].values())
 
     # The detector started from the pretrained res4 and res5 (3 iterations at lr 0.005 move them little).
-    pretrained = torch.load(os.path.join(pretrain_dir, "model_final.pth"), map_location="cpu", weights_only=False)["model"]
+    pretrained = torch.load(os.path.join(pretrain_dir, "model_final.pth"), map_location="cpu",
+                            weights_only=False)["model"]
     final = torch.load(os.path.join(finetune_dir, "model_final.pth"), map_location="cpu", weights_only=False)["model"]
     for source, name in (("online_network.backbone.res4.0.conv1.weight", "backbone.res4.0.conv1.weight"),
                          ("online_network.res5.2.conv3.weight", "roi_heads.res5.2.conv3.weight")):

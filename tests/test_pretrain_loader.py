@@ -1,16 +1,16 @@
 """The pretraining loader (objpretrain.data.build): dataset dicts with proposals, mapper lookup, batches."""
 import itertools
+import logging
 import pickle
 
 import numpy as np
 import pytest
 import torch
-
 from detectron2.data import DatasetCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.env import seed_all_rng
 
-from objpretrain.config import get_pretrain_cfg
+from objpretrain.config import ConfigError, get_pretrain_cfg
 from objpretrain.data.build import (
     MAPPER_REGISTRY,
     build_mapper,
@@ -41,7 +41,7 @@ def _write_proposals(path, ids, boxes_per_image=6, image_size=128, seed=0):
 @pytest.fixture
 def loader_cfg(synthetic_coco, tmp_path):
     ids = [d["image_id"] for d in DatasetCatalog.get(synthetic_coco["name"])]
-    cfg = get_pretrain_cfg()
+    cfg = get_pretrain_cfg(None, ["MODEL.META_ARCHITECTURE", "SoCo"])
     cfg.DATASETS.TRAIN = (synthetic_coco["name"],)
     cfg.DATASETS.PROPOSAL_FILES_TRAIN = (_write_proposals(tmp_path / "proposals.pkl", ids),)
     cfg.SOLVER.IMS_PER_BATCH = 3
@@ -129,20 +129,63 @@ def test_one_proposal_file_per_dataset_is_required(loader_cfg):
         get_pretrain_dataset_dicts(loader_cfg)
 
 
-def test_loader_without_proposal_files_uses_the_fallback(loader_cfg):
+def test_the_oac_loader_loads_the_dataset_once_and_reads_each_proposal_file_once(loader_cfg, monkeypatch):
+    """The OAC mapper derives s_min from the loader's dataset dicts (no second load), and the proposal file is read
+    once for both its proposals and the recipe check of OBJPRETRAIN.PROPOSAL_PRESET."""
+    import builtins
+
+    from objpretrain.data.oac_mapper import estimate_crop_scale_min
+
+    loader_cfg.MODEL.META_ARCHITECTURE = "OACMoCo"
+    loader_cfg.INPUT.OAC.CROP_SCALE_MIN = 0.0  # estimated from the proposals
+    loader_cfg.OBJPRETRAIN.PROPOSAL_PRESET = "soco_official"
+    path = loader_cfg.DATASETS.PROPOSAL_FILES_TRAIN[0]
+    dataset_loads, reads, real_open = [], [], builtins.open
+    real_get = DatasetCatalog.get
+
+    def counting_open(file, *args, **kwargs):
+        if str(file) == path:
+            reads.append(file)
+        return real_open(file, *args, **kwargs)
+
+    def counting_get(name):
+        dataset_loads.append(name)
+        return real_get(name)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(DatasetCatalog, "get", counting_get)
+    loader = build_pretrain_loader(loader_cfg)
+    assert len(reads) == 1 and dataset_loads == list(loader_cfg.DATASETS.TRAIN)
+    monkeypatch.undo()
+    mapper = loader.dataset.dataset._mapper
+    expected = estimate_crop_scale_min(get_pretrain_dataset_dicts(loader_cfg), 0.2, 10)
+    assert mapper.object_scale == (pytest.approx(expected), 1.0)
+
+
+def test_loader_without_proposal_files_uses_the_fallback(loader_cfg, caplog):
     loader_cfg.DATASETS.PROPOSAL_FILES_TRAIN = ()
     loader_cfg.INPUT.SOCO.FALLBACK = "random"
-    batch = next(iter(build_pretrain_loader(loader_cfg)))
+    with caplog.at_level(logging.WARNING, logger="objpretrain"):
+        batch = next(iter(build_pretrain_loader(loader_cfg)))
     assert len(batch) == 3 and all(tuple(b.shape) == (4, 4) for s in batch for b in s["boxes"])
+    assert any("pads every image per INPUT.SOCO.FALLBACK='random'" in r.getMessage() for r in caplog.records)
 
 
-def test_mapper_is_looked_up_by_short_or_registered_name(loader_cfg):
-    soco = MAPPER_REGISTRY.get("SoCoMapper")
-    for name in ("soco", "SoCoMapper"):
+def test_the_mapper_is_the_one_the_model_names_and_a_config_may_only_repeat_it(loader_cfg):
+    soco, oac = MAPPER_REGISTRY.get("SoCoMapper"), MAPPER_REGISTRY.get("OACMapper")
+    for name in ("", "soco", "SoCoMapper"):  # the model's, or the names configs used before models declared it
         loader_cfg.OBJPRETRAIN.MAPPER = name
         assert isinstance(build_mapper(loader_cfg), soco)
-    loader_cfg.OBJPRETRAIN.MAPPER = "socco"
-    with pytest.raises(KeyError, match="socco.*soco"):
+    loader_cfg.OBJPRETRAIN.MAPPER = ""
+    loader_cfg.MODEL.META_ARCHITECTURE = "OACDenseCL"
+    loader_cfg.INPUT.OAC.CROP_SCALE_MIN = 0.5
+    assert isinstance(build_mapper(loader_cfg), oac)
+    loader_cfg.OBJPRETRAIN.MAPPER = "soco"
+    with pytest.raises(ConfigError, match="^OBJPRETRAIN.MAPPER is 'soco' but MODEL.META_ARCHITECTURE 'OACDenseCL' "
+                                          "takes the OACMapper; drop"):
+        build_mapper(loader_cfg)
+    loader_cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    with pytest.raises(ConfigError, match="'GeneralizedRCNN' is not a pretraining model; .*'SoCo', 'SoCoC4'"):
         build_mapper(loader_cfg)
 
 

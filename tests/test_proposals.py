@@ -5,10 +5,10 @@ import pickle
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from detectron2.data import load_proposals_into_dataset
 from detectron2.structures import BoxMode
+from PIL import Image
+
 from objpretrain.data.proposals import (
     FilterSettings,
     build_proposal_backend,

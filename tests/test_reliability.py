@@ -462,7 +462,7 @@ def test_generate_proposals_records_unreadable_images_with_no_proposals(bad_scen
 @pytest.mark.parametrize("opts, message", [
     (["SOLVER.BASE_LRR", "0.1"], "SOLVER.BASE_LRR"),
     (["SOLVER.MAX_ITER", "ten"], "config key: SOLVER.MAX_ITER"),
-    (["INPUT.SOCO.FALLBACK", "nothing"], "INPUT.SOCO.FALLBACK must be one of"),
+    (["INPUT.SOCO.FALLBACK", "nothing"], "INPUT.SOCO.FALLBACK is 'nothing'; allowed: 'repeat', 'whole_image'"),
 ])
 def test_pretrain_rejects_unknown_or_mistyped_config_keys_by_name(scenes, tmp_path, opts, message):
     result = _pretrain(scenes, tmp_path, *opts)

@@ -8,12 +8,12 @@ import logging
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from detectron2.structures import BoxMode
 from detectron2.utils.env import seed_all_rng
+from PIL import Image
 
-from objpretrain.config import get_pretrain_cfg
+from objpretrain.config import ConfigError, get_pretrain_cfg
+from objpretrain.config_validation import validate_config
 from objpretrain.data.augmentations import PhotometricAugmentation, build_byol_augmentations
 from objpretrain.data.build import MAPPER_REGISTRY, build_mapper
 from objpretrain.data.image_io import BadImageError
@@ -23,7 +23,7 @@ ORIG_W, ORIG_H = 128, 96
 
 
 def _cfg(**overrides):
-    cfg = get_pretrain_cfg()
+    cfg = get_pretrain_cfg(None, ["MODEL.META_ARCHITECTURE", "SoCo"])
     for key, value in overrides.items():
         cfg.merge_from_list([f"INPUT.SOCO.{key}", value])
     return cfg
@@ -313,8 +313,8 @@ def test_a_view_with_its_own_proposals_is_its_own_crop_and_pairs_with_its_own_v1
     assert differ >= 3  # the official V3's proposals are not all V2's
     paper = SoCoMapper(_no_random_appearance())(_record(coordinate_image, proposals))
     assert "v1_boxes" not in paper
-    with pytest.raises(ValueError, match="OWN_PROPOSAL_VIEWS"):
-        SoCoMapper(_cfg(OWN_PROPOSAL_VIEWS=("v4",)))  # V4 is off
+    with pytest.raises(ConfigError, match="OWN_PROPOSAL_VIEWS"):
+        validate_config(_cfg(OWN_PROPOSAL_VIEWS=("v4",)))  # V4 is off
 
 
 def test_crops_of_the_original_keep_the_aspect_ratio_of_the_original(coordinate_image):
@@ -407,8 +407,8 @@ def test_cutout_fills_squares_inside_the_boxes_of_every_view_but_v1(coordinate_i
      ("BOX_JITTER_ANCHOR", "edge"), ("CROP_TRIES", 0), ("CUTOUT_PROB", 2.0), ("OWN_PROPOSAL_VIEWS", ("v2",))],
 )
 def test_invalid_config_names_the_key(key, value):
-    with pytest.raises(ValueError, match=key):
-        SoCoMapper(_cfg(**{key: value}))
+    with pytest.raises(ConfigError, match=key):
+        validate_config(_cfg(**{key: value}))
 
 
 def test_registered_as_soco():

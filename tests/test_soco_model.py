@@ -8,7 +8,9 @@ from detectron2.structures import Boxes
 from torch import nn
 
 import objpretrain  # noqa: F401  (registers SoCo / SoCoC4)
-from objpretrain.config import get_pretrain_cfg
+from objpretrain.config import ConfigError, get_pretrain_cfg
+from objpretrain.config_validation import validate_config
+from objpretrain.engine.momentum import ema_update
 from objpretrain.modeling.losses import BYOLLoss, byol_loss, byol_pair_loss
 from objpretrain.modeling.scale_aware_pooler import ScaleAwareROIPooler, assign_boxes_to_scale_bands
 
@@ -280,8 +282,8 @@ def test_views_batched_per_size_compute_what_per_view_calls_compute(repo_root):
     train_view, train_size = results["per_view", "train"][0], results["per_size", "train"][0]
     assert train_size != pytest.approx(train_view, rel=1e-4)
     assert train_size == pytest.approx(train_view, rel=0.2)
-    with pytest.raises(ValueError, match="VIEW_BATCHING"):
-        build_model(tiny_cfg(repo_root, "MODEL.SOCO.VIEW_BATCHING", "all"))
+    with pytest.raises(ConfigError, match="VIEW_BATCHING"):
+        validate_config(tiny_cfg(repo_root, "MODEL.SOCO.VIEW_BATCHING", "all"))
 
 
 def test_pairs_weighting_uses_the_box_ids(repo_root):
@@ -300,8 +302,8 @@ def test_pairs_weighting_uses_the_box_ids(repo_root):
         x["box_ids"] = [torch.tensor([0, 0, 1])] * 3
         x["boxes"] = [torch.stack([b[0], b[0], b[2]]) for b in x["boxes"]]
     assert model(batch)["loss_v1_v2"].item() != pytest.approx(rows_model(batch)["loss_v1_v2"].item(), rel=1e-3)
-    with pytest.raises(ValueError, match="REPEATED_BOX_WEIGHTING"):
-        build_model(tiny_cfg(repo_root, "MODEL.SOCO.REPEATED_BOX_WEIGHTING", "objects"))
+    with pytest.raises(ConfigError, match="REPEATED_BOX_WEIGHTING"):
+        validate_config(tiny_cfg(repo_root, "MODEL.SOCO.REPEATED_BOX_WEIGHTING", "objects"))
 
 
 def test_soco_parameter_names_match_detectron2_and_the_target_mirrors_the_online_network(repo_root, tiny_soco):
@@ -333,7 +335,7 @@ def test_soco_parameter_names_match_detectron2_and_the_target_mirrors_the_online
     assert sorted(renamed) == sorted(expected)
 
 
-def test_momentum_update_moves_every_target_parameter_by_the_ema_formula(repo_root):
+def test_ema_of_the_momentum_pairs_moves_every_target_parameter_by_the_ema_formula(repo_root):
     model = build_model(tiny_cfg(repo_root))
     with torch.no_grad():
         for p in model.online_network.parameters():
@@ -344,7 +346,7 @@ def test_momentum_update_moves_every_target_parameter_by_the_ema_formula(repo_ro
         with torch.no_grad():
             for name, p in model.target_network.named_parameters():
                 p.copy_(before[name])
-        model.momentum_update(0.9, foreach=foreach)
+        ema_update(model.momentum_pairs().values(), 0.9, foreach=foreach)
         for name, p in model.target_network.named_parameters():
             assert torch.allclose(p, 0.9 * before[name] + 0.1 * online[name], atol=1e-6), (name, foreach)
     assert model.momentum_base == 0.99 and model.momentum_end == 1.0
@@ -375,7 +377,7 @@ def test_soco_c4_names_match_res5_roi_heads_and_it_trains(repo_root):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        model.momentum_update(0.99)
+        ema_update(model.momentum_pairs().values(), 0.99)
         losses.append(loss.item())
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < losses[0]

@@ -15,8 +15,9 @@ from detectron2.structures import Boxes, Instances
 from PIL import Image
 
 from objpretrain.config import get_pretrain_cfg
+from objpretrain.engine.finetune import FinetuneTrainer
 from objpretrain.evaluation.detection import build_detection_evaluator
-from test_convert import DEMO_FINETUNE, load_tool
+from test_convert import DEMO_FINETUNE
 
 CLASSES = ("cat", "dog")
 # (image id, [(class, xmin, ymin, xmax, ymax) in VOC's 1-based pixels])
@@ -105,12 +106,11 @@ def test_evaluator_follows_evaluator_type(voc_set, synthetic_coco):
 
 
 def test_trainer_evaluates_a_voc_set(voc_set, tmp_path):
-    train_net = load_tool("train_net")
     cfg = get_pretrain_cfg(DEMO_FINETUNE, ["DATASETS.TEST", f"('{voc_set}',)", "MODEL.ROI_HEADS.NUM_CLASSES", "2",
                                            "INPUT.MIN_SIZE_TEST", "64", "OUTPUT_DIR", str(tmp_path)])
     torch.manual_seed(0)
-    model = train_net.Trainer.build_model(cfg).eval()
-    results = train_net.Trainer.test(cfg, model)
+    model = FinetuneTrainer.build_model(cfg).eval()
+    results = FinetuneTrainer.test(cfg, model)
     assert set(results["bbox"]) == {"AP", "AP50", "AP75"}
     assert all(math.isfinite(v) for v in results["bbox"].values())
 

@@ -12,8 +12,9 @@ import argparse
 import logging
 import sys
 
-import objpretrain  # noqa: F401  (registers the demo datasets)
 from detectron2.utils.logger import setup_logger
+
+import objpretrain  # noqa: F401  (registers the demo datasets)
 from objpretrain.data.proposals import (
     export_soco_json,
     load_proposal_file,

@@ -47,7 +47,9 @@ import json
 import logging
 import sys
 
-import objpretrain  # noqa: F401,I001  (first: registers components and silences a dependency's import warning)
+import objpretrain  # noqa: F401  (first: registers components and silences a dependency's import warning)
+
+# isort: split
 import torch
 from detectron2.data import DatasetCatalog
 from detectron2.engine import launch
@@ -68,6 +70,9 @@ def main(argv=None):
     weights.add_argument("--weights", help="pretraining .pth, converted .pkl or torchvision .pth")
     weights.add_argument("--random-init", action="store_true",
                          help="probe a randomly initialized ResNet instead (the floor for pretrained weights)")
+    parser.add_argument("--unsafe-full-unpickle", action="store_true",
+                        help="read --weights that hold Python objects (a released MoCo .pth.tar) with the full "
+                             "unpickler, which runs any code the file holds: only for a file you trust")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initialization and of the probe")
     parser.add_argument("--train-dataset", required=True)
     parser.add_argument("--test-dataset", required=True)
@@ -143,7 +148,7 @@ def evaluate(args):
         options = {**vars(args), "task": task, "resize": resize, "crop": crop}
         settings = ProbeSettings(**{name: options[name] for name in ProbeSettings.__dataclass_fields__})
         # A fresh backbone per probe: the BatchNorm re-estimation changes it for the probe's resolution.
-        backbone = build_frozen_backbone(cfg, args.weights, args.seed)
+        backbone = build_frozen_backbone(cfg, args.weights, args.seed, args.unsafe_full_unpickle)
         result = _run_probe(backbone, cfg, args, datasets, dicts, settings)
         if result is None:  # not rank 0
             continue

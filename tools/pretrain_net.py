@@ -16,55 +16,31 @@ Examples:
     # continue after an interruption (from OUTPUT_DIR/last_checkpoint)
     python tools/pretrain_net.py --config-file configs/soco_r50_fpn.yaml --num-gpus 8 --resume
 """
-import os
+import objpretrain  # noqa: F401  (first: registers components and silences a dependency's import warning)
 
-import objpretrain  # noqa: F401,I001  (first: registers components and silences a dependency's import warning)
-from detectron2.engine import default_argument_parser, default_setup, launch
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
+# isort: split
+from detectron2.engine import default_argument_parser
 
-from objpretrain.config import get_pretrain_cfg
-from objpretrain.data.datasets import register_datasets_from_cfg
 from objpretrain.engine import PretrainTrainer
-from objpretrain.engine.preflight import check_runnable, exit_on_config_error
-
-
-def setup(args):
-    cfg = get_pretrain_cfg(args.config_file, args.opts)
-    register_datasets_from_cfg(cfg)
-    cfg.freeze()
-    default_setup(cfg, args)
-    # default_setup configures the detectron2 and fvcore loggers; ours (skips, resume, fall-backs) too.
-    logger = setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="objpretrain", abbrev_name="op")
-    logger.info("Rank %d: process id %d", comm.get_rank(), os.getpid())  # which process to look at when one hangs
-    return cfg
+from objpretrain.engine.defaults import build_config, default_setup, launch_after_preflight
+from objpretrain.engine.preflight import check_runnable
 
 
 def main(args):
     if args.eval_only:
         raise SystemExit("pretrain_net.py has no evaluation; finetune the converted weights instead")
-    cfg = setup(args)
+    cfg = build_config(args.config_file, args.opts)
+    default_setup(cfg, args)
     trainer = PretrainTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 
 def preflight(args):
-    """Registers the config's datasets and checks it can run here, before any process is launched."""
-    cfg = get_pretrain_cfg(args.config_file, args.opts)
-    register_datasets_from_cfg(cfg)
-    check_runnable(cfg, num_processes=args.num_gpus * args.num_machines)
+    """Checks the config and that it can run here, before any process is launched."""
+    check_runnable(build_config(args.config_file, args.opts), num_processes=args.num_gpus * args.num_machines,
+                   pretraining=True)
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    print("Command Line Args:", args)
-    exit_on_config_error("pretrain_net.py", lambda: preflight(args))
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_after_preflight("pretrain_net.py", preflight, main, default_argument_parser().parse_args())

@@ -9,17 +9,19 @@ convert_ckpt.py read.
 
     python tools/train_object_classifier.py --config-file configs/demo/oac_byol_r18_demo.yaml \\
         --dataset study_train --epochs 8 --output output/object_classifier.pth \\
-        DATASETS.COCO_JSON_REGISTER "('study_train:output/study/data/train/annotations.json:output/study/data/train/images',)"
+        DATASETS.COCO_JSON_REGISTER \\
+        "('study_train:output/study/data/train/annotations.json:output/study/data/train/images',)"
 """
 import argparse
 import logging
 import sys
 
-import objpretrain  # noqa: F401,I001  (first: registers components and silences a dependency's import warning)
+import objpretrain  # noqa: F401  (first: registers components and silences a dependency's import warning)
+
+# isort: split
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_backbone
 from detectron2.structures import BoxMode

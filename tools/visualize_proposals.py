@@ -11,10 +11,10 @@ import os
 import sys
 
 import numpy as np
+from detectron2.utils.logger import setup_logger
 from PIL import Image, ImageDraw
 
 import objpretrain  # noqa: F401  (registers the demo datasets)
-from detectron2.utils.logger import setup_logger
 from objpretrain.data.image_io import BadImageError, read_image_rgb
 from objpretrain.data.proposals import process_image, resolve_inputs
 from objpretrain.data.proposals.cli import add_recipe_arguments, recipe_from_args

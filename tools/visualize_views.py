@@ -15,13 +15,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-
 from detectron2.utils.env import seed_all_rng  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 from objpretrain.config import get_pretrain_cfg  # noqa: E402
 from objpretrain.data.build import build_mapper, get_pretrain_dataset_dicts  # noqa: E402
+from objpretrain.modeling.contract import dataset_mapper_name  # noqa: E402
 
 logger = logging.getLogger("objpretrain.visualize_views")
 
@@ -51,14 +51,18 @@ def draw_views(sample, title=""):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default="", help="pretraining config (defaults if omitted)")
+    parser.add_argument("--config-file", default="", help="pretraining config (SoCo's defaults if omitted)")
     parser.add_argument("--index", type=int, default=0, help="index of the image in the training dataset dicts")
     parser.add_argument("--seed", type=int, default=0, help="seed of the crops, jitter and augmentations")
     parser.add_argument("--output", required=True, help="PNG file to write")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
     args = parser.parse_args(argv)
     setup_logger(name="objpretrain")
-    cfg = get_pretrain_cfg(args.config_file or None, args.opts)
+    defaults = [] if args.config_file else ["MODEL.META_ARCHITECTURE", "SoCo"]
+    cfg = get_pretrain_cfg(args.config_file or None, defaults + list(args.opts))
+    mapper_name = dataset_mapper_name(cfg)
+    if mapper_name != "SoCoMapper":
+        parser.error(f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r} takes the {mapper_name}, not SoCo views")
     dicts = get_pretrain_dataset_dicts(cfg)
     if not 0 <= args.index < len(dicts):
         parser.error(f"--index {args.index} is outside the {len(dicts)} images of {list(cfg.DATASETS.TRAIN)}")
@@ -68,8 +72,6 @@ def main(argv=None):
     if sample is None:
         logger.error("%s could not be read; see the warning above", record["file_name"])
         return 1
-    if "views" not in sample:
-        parser.error(f"cfg.OBJPRETRAIN.MAPPER={cfg.OBJPRETRAIN.MAPPER!r} does not produce SoCo views")
     num_proposals = len(record.get("proposal_boxes", []))
     figure = draw_views(sample, f"{record['file_name']} ({num_proposals} proposals)")
     figure.savefig(args.output, dpi=100)

@@ -36,6 +36,7 @@ import torch
 from tabulate import tabulate
 
 from ..utils.atomic_io import atomic_write
+from ..utils.safe_pickle import UnsafePickleError, load_pickle, load_torch_file
 from .torchvision_names import TORCHVISION_BACKBONE_ANCHOR, d2_to_torchvision, torchvision_to_d2
 from .weight_scale import restore_initializer_scale, summarize_factors
 
@@ -80,6 +81,10 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or converted; the message names the file and the reason."""
 
 
+_FULL_UNPICKLE_HINT = ("; if you trust its source, pass --unsafe-full-unpickle (tools/convert_ckpt.py, "
+                       "tools/linear_eval.py)")
+
+
 @dataclass
 class ParsedCheckpoint:
     """The transferable parts of a checkpoint, each a dict: name within the part -> (source name, tensor).
@@ -114,20 +119,22 @@ class Conversion:
 # ---------------------------------------------------------------------------------------------------- loading
 
 
-def load_state_dict(path):
-    """name -> tensor of the checkpoint at ``path`` (.pth / .pt / .pth.tar via torch.load, .pkl via pickle).
+def load_state_dict(path, unsafe_full_unpickle=False):
+    """name -> tensor of the checkpoint at ``path`` (.pth / .pt / .pth.tar via torch.load, .pkl via unpickling).
 
     Unwraps ``{"model": ...}`` (Detectron2), ``{"state_dict": ...}`` (MoCo, mmcv) and similar containers.
     Raises CheckpointError naming the file when it is missing, truncated, corrupt or holds no state dict.
+    No code runs from the file (objpretrain/utils/safe_pickle.py): one that holds Python objects (a released MoCo
+    checkpoint's argparse Namespace) raises UnsafePickleError, unless ``unsafe_full_unpickle`` reads it with
+    the full unpickler (the tools' --unsafe-full-unpickle, for a file from a source the user trusts).
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
+    load = load_pickle if path.endswith(".pkl") else load_torch_file
     try:
-        if path.endswith(".pkl"):
-            with open(path, "rb") as f:
-                data = pickle.load(f, encoding="latin1")
-        else:
-            data = _torch_load(path)
+        data = load(path, unsafe_full_unpickle=unsafe_full_unpickle, allow_hint=_FULL_UNPICKLE_HINT)
+    except UnsafePickleError:
+        raise
     except Exception as e:  # torch.load and pickle raise many types on truncated or foreign files
         raise CheckpointError(
             f"{path}: cannot be read as a checkpoint, the file is truncated, corrupt or not a checkpoint "
@@ -145,18 +152,6 @@ def load_state_dict(path):
             raise CheckpointError(f"{path}: entry {name!r} of the state dict is a {type(value).__name__}, not a tensor")
         tensors[name] = value.detach().cpu()
     return tensors
-
-
-def _torch_load(path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():
-            raise
-    # Released checkpoints (MoCo's argparse Namespace, optimizer states) hold objects that the safe loader
-    # refuses; only the full unpickler reads them, and it may run code from the file.
-    logger.warning(f"{path} holds non-tensor Python objects; loading it with the full unpickler (trust the source)")
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def _is_state_dict(obj):
@@ -211,7 +206,8 @@ def _parse_objpretrain(state_dict, encoder):
     chosen = f"{encoder}_network."
     if not any(n.startswith(chosen) for n in state_dict):
         present = sorted({n.split(".")[0] for n in state_dict})
-        raise CheckpointError(f"--encoder {encoder}: the checkpoint has no {chosen[:-1]} (top-level modules: {present})")
+        raise CheckpointError(
+            f"--encoder {encoder}: the checkpoint has no {chosen[:-1]} (top-level modules: {present})")
     parts = {"resnet": {}, "fpn": {}, "box_head": {}}
     dropped, has_c4_head = [], False
     for name, tensor in state_dict.items():
@@ -285,7 +281,8 @@ def _parse_detectron2(state_dict, encoder):
 
 
 def _parse_torchvision(state_dict, encoder):
-    prefixes = sorted({n[: -len(TORCHVISION_BACKBONE_ANCHOR)] for n in state_dict if n.endswith(TORCHVISION_BACKBONE_ANCHOR)})
+    prefixes = sorted({n[: -len(TORCHVISION_BACKBONE_ANCHOR)] for n in state_dict
+                       if n.endswith(TORCHVISION_BACKBONE_ANCHOR)})
     prefix = _choose_encoder_prefix(prefixes, encoder)
     kind = f"torchvision ResNet (prefix {prefix!r})" if prefix else "torchvision ResNet"
     parsed = ParsedCheckpoint(kind, "plain")
@@ -524,7 +521,8 @@ def convert_state_dict(state_dict, target, encoder="online", drop=(), keep_weigh
         raise CheckpointError(f"{parsed.kind}: no ResNet tensors found")
     problems = validate_resnet({k: t for k, (_, t) in parsed.resnet.items()})
     if parsed.fpn and not problems:  # the FPN checks read the ResNet's channels
-        problems += validate_fpn({k: t for k, (_, t) in parsed.fpn.items()}, {k: t for k, (_, t) in parsed.resnet.items()})
+        problems += validate_fpn({k: t for k, (_, t) in parsed.fpn.items()},
+                                 {k: t for k, (_, t) in parsed.resnet.items()})
     if parsed.box_head:
         problems += validate_box_head({k: t for k, (_, t) in parsed.box_head.items()})
     problems += _check_finite({**parsed.resnet, **parsed.fpn, **parsed.box_head})
@@ -654,11 +652,12 @@ def save_conversion(conversion, path):
 
 
 def convert_checkpoint(input_path, output_path, target, encoder="online", model_state_dict=None, drop=(),
-                       keep_weight_scale=False):
-    """Loads, converts (see :func:`convert_state_dict` for ``drop`` and ``keep_weight_scale``), optionally checks
-    against a detector's state dict, and saves; returns ``(conversion, new)`` with ``new`` the detector tensors
-    finetuning initializes (None without a model). Every CheckpointError names ``input_path``."""
-    state_dict = load_state_dict(input_path)
+                       keep_weight_scale=False, unsafe_full_unpickle=False):
+    """Loads (``unsafe_full_unpickle`` as in :func:`load_state_dict`), converts (see :func:`convert_state_dict` for
+    ``drop`` and ``keep_weight_scale``), optionally checks against a detector's state dict, and saves; returns
+    ``(conversion, new)`` with ``new`` the detector tensors finetuning initializes (None without a model). Every
+    CheckpointError names ``input_path``."""
+    state_dict = load_state_dict(input_path, unsafe_full_unpickle)
     try:
         conversion = convert_state_dict(state_dict, target, encoder, drop, keep_weight_scale)
         new = check_against_model(conversion, model_state_dict) if model_state_dict is not None else None
@@ -708,7 +707,8 @@ def format_report(conversion, new=None, verbose=False):
         for name in new:
             if not any(fnmatch.fnmatch(name, module + ".*") for module, _ in conversion.new_modules):
                 groups[name if verbose else ".".join(name.split(".")[:2])] += 1
-        table += [["new: not in the checkpoint", g, "-", n, "-"] + (["-"] if verbose else []) for g, n in groups.items()]
+        table += [["new: not in the checkpoint", g, "-", n, "-"] + (["-"] if verbose else [])
+                  for g, n in groups.items()]
     headers = ["status", "target", "source", "tensors", "elements"] + (["shape"] if verbose else [])
     converted = sum(int(t.numel()) for t in conversion.state_dict.values())
     summary = (f"{conversion.kind} -> {conversion.target}: {len(conversion.state_dict)} tensors converted "

@@ -165,10 +165,6 @@ def adjust_hue(rgb, shift):
 def build_byol_augmentations(input_cfg):
     """BYOL's (first view, second view) colour pipelines from a node with COLOR_JITTER, COLOR_JITTER_PROB,
     GRAYSCALE_PROB, BLUR_PROB (pair), BLUR_SIGMA and SOLARIZE_PROB (pair), e.g. ``cfg.INPUT.SOCO``."""
-    for key in ("BLUR_PROB", "SOLARIZE_PROB"):
-        if len(input_cfg[key]) != 2:
-            raise ValueError(f"INPUT.SOCO.{key} needs (first view, second view) probabilities, "
-                             f"got {input_cfg[key]}")
     return [
         PhotometricAugmentation(
             color_jitter=tuple(input_cfg.COLOR_JITTER),

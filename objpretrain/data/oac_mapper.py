@@ -31,7 +31,6 @@ from PIL import Image
 
 from .augmentations import PhotometricAugmentation
 from .boxes_oac import (
-    DILATION_MODES,
     average_box_fraction,
     crop_scale_min,
     dilate_box,
@@ -40,7 +39,7 @@ from .boxes_oac import (
     sample_crop_in_region,
     widen_small_box_official,
 )
-from .build import MAPPER_REGISTRY, get_pretrain_dataset_dicts
+from .build import MAPPER_REGISTRY, PretrainMapper, get_pretrain_dataset_dicts
 from .image_io import BadImageError, read_image_rgb, resize_rgb
 
 __all__ = ["OACMapper", "CROP_MODES", "estimate_crop_scale_min", "oriented_image_size", "source_boxes"]
@@ -57,41 +56,20 @@ _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 
 @MAPPER_REGISTRY.register()
-class OACMapper:
+class OACMapper(PretrainMapper):
     """Maps a dataset dict to ``{"image_id", "file_name", "view1", "view2", "rotation_label"}`` plus
     ``"whole_image"`` and ``"loc_target"`` when ``MODEL.OAC.LAMBDA_LOC > 0`` (see docs/design.md)."""
 
     def __init__(self, cfg, is_train=True, dataset_dicts=None):
+        # The values are checked once, before launch (objpretrain.config_validation), not here in every worker.
         oac = cfg.INPUT.OAC
-        if oac.CROP_MODE not in CROP_MODES:
-            raise ValueError(f"INPUT.OAC.CROP_MODE must be one of {CROP_MODES}, got {oac.CROP_MODE!r}")
-        if oac.MAX_PROPOSALS < 1:
-            raise ValueError(f"INPUT.OAC.MAX_PROPOSALS must be >= 1, got {oac.MAX_PROPOSALS}")
-        bad_angles = [a for a in oac.ROTATIONS if a % 90 != 0]
-        if not oac.ROTATIONS or bad_angles:
-            raise ValueError(f"INPUT.OAC.ROTATIONS must be multiples of 90 degrees, got {list(oac.ROTATIONS)}")
-        if oac.LOC_GRID < 1:
-            raise ValueError(f"INPUT.OAC.LOC_GRID must be >= 1, got {oac.LOC_GRID}")
-        if cfg.OBJPRETRAIN.BAD_IMAGE_POLICY not in ("skip", "raise"):
-            raise ValueError(
-                f"OBJPRETRAIN.BAD_IMAGE_POLICY must be 'skip' or 'raise', got {cfg.OBJPRETRAIN.BAD_IMAGE_POLICY!r}"
-            )
         self.swap_views_prob = float(oac.SWAP_VIEWS_PROB)
-        if not 0 <= self.swap_views_prob <= 1:
-            raise ValueError(f"INPUT.OAC.SWAP_VIEWS_PROB must be a probability, got {self.swap_views_prob}")
-        if self.swap_views_prob > 0 and (cfg.MODEL.OAC.LAMBDA_ROT > 0 or cfg.MODEL.OAC.LAMBDA_LOC > 0):
-            raise ValueError("INPUT.OAC.SWAP_VIEWS_PROB > 0 with a pretext loss: rotation and localization need view 1 "
-                             "to be the object crop; set SWAP_VIEWS_PROB 0 or MODEL.OAC.LAMBDA_ROT/LAMBDA_LOC 0")
         self.item_per_box = bool(oac.ITEM_PER_BOX)
         self.is_train = is_train
         self.crop_mode = oac.CROP_MODE
         self.dilation = float(oac.DILATION)
         self.dilation_mode = oac.DILATION_MODE
         self.min_box_side = float(oac.MIN_BOX_SIDE)
-        if self.min_box_side < 0:
-            raise ValueError(f"INPUT.OAC.MIN_BOX_SIDE must be >= 0, got {self.min_box_side}")
-        if self.dilation_mode not in DILATION_MODES:
-            raise ValueError(f"INPUT.OAC.DILATION_MODE must be one of {DILATION_MODES}, got {self.dilation_mode!r}")
         self.max_proposals = int(oac.MAX_PROPOSALS)
         self.use_gt_boxes = bool(oac.USE_GT_BOXES)
         self.crop_size = int(oac.CROP_SIZE)
@@ -120,8 +98,6 @@ class OACMapper:
                 s_min = estimate_crop_scale_min(
                     dataset_dicts, oac.SCENE_CROP_MIN, self.max_proposals, self.use_gt_boxes
                 )
-            elif s_min > 1:
-                raise ValueError(f"INPUT.OAC.CROP_SCALE_MIN must be in (0, 1], got {s_min}")
             self.object_scale = (s_min, 1.0)
         dilated_min = float(oac.DILATED_CROP_SCALE_MIN)
         self.dilated_scale = (dilated_min, 1.0) if dilated_min > 0 else self.object_scale

@@ -26,10 +26,9 @@ import random
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
-
 from detectron2.data.common import DatasetFromList
 from detectron2.utils import comm
+from torch.utils.data import Sampler
 
 __all__ = [
     "AspectRatioGroupedSampler",

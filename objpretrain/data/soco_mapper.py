@@ -65,21 +65,21 @@ from collections import Counter
 
 import numpy as np
 import torch
-from PIL import Image
-
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode
 from detectron2.structures.boxes import pairwise_intersection
 from detectron2.utils.logger import log_every_n_seconds, log_first_n
+from PIL import Image
 
 from .augmentations import build_byol_augmentations
-from .build import MAPPER_REGISTRY
+from .build import MAPPER_REGISTRY, PretrainMapper
 from .image_io import BadImageError, read_image_rgb, resize_rgb
 
 __all__ = ["SoCoMapper"]
 
 logger = logging.getLogger(__name__)
 
+# The INPUT.SOCO.FALLBACK modes the mapper implements (objpretrain.config_validation checks the config against them).
 FALLBACK_MODES = ("repeat", "whole_image", "random")
 # "random" fallback boxes follow SoCo's proposal filter (§3.2): sqrt(wh)/sqrt(WH) in [0.3, 0.8], 1/3 <= w/h <= 3.
 RANDOM_BOX_SCALE = (0.3**2, 0.8**2)
@@ -122,14 +122,16 @@ class ResizeTransform(T.ResizeTransform):
 
 
 @MAPPER_REGISTRY.register()
-class SoCoMapper:
+class SoCoMapper(PretrainMapper):
     """Maps a dataset dict with ``proposal_boxes`` to SoCo's views and boxes (docs/design.md, "SoCo mapper").
 
     Returns ``None`` for an unreadable image when ``OBJPRETRAIN.BAD_IMAGE_POLICY == "skip"`` (logged and
     counted; Detectron2's ``MapDataset`` then draws another image), and raises naming the file on ``"raise"``.
     """
 
-    def __init__(self, cfg, is_train=True):
+    def __init__(self, cfg, is_train=True, dataset_dicts=None):
+        # dataset_dicts: not needed, nothing of the SoCo views depends on the dataset as a whole. The values are
+        # checked once, before launch (objpretrain.config_validation), not here in every worker.
         soco = cfg.INPUT.SOCO
         self.view_size = int(soco.VIEW_SIZE)
         self.v3_size = int(soco.V3_SIZE)
@@ -157,47 +159,15 @@ class SoCoMapper:
         self.bad_image_policy = cfg.OBJPRETRAIN.BAD_IMAGE_POLICY
         self.flip = T.RandomFlip(prob=float(soco.HFLIP_PROB), horizontal=True, vertical=False)
         self.first_view_aug, self.other_view_aug = build_byol_augmentations(soco)
-        self._check_config()
         self.counters = Counter()
 
-    def _check_config(self):
-        problems = []
-        if self.view_size <= 0 or self.v3_size < 0 or self.v4_size < 0:
-            problems.append("INPUT.SOCO.VIEW_SIZE must be > 0 and V3_SIZE, V4_SIZE >= 0")
-        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
-            problems.append(f"INPUT.SOCO.CROP_SCALE must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
-        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-            problems.append(f"INPUT.SOCO.CROP_RATIO must satisfy 0 < low <= high, got {self.crop_ratio}")
-        if self.num_proposals < 1:
-            problems.append(f"INPUT.SOCO.NUM_PROPOSALS must be >= 1, got {self.num_proposals}")
-        if not 0 < self.min_visible_fraction <= 1:
-            problems.append(f"INPUT.SOCO.MIN_VISIBLE_FRACTION must be in (0, 1], got {self.min_visible_fraction}")
-        if not 0 <= self.jitter_prob <= 1 or not 0 <= self.jitter_ratio < 1:
-            problems.append("INPUT.SOCO.BOX_JITTER_PROB must be in [0, 1] and BOX_JITTER_RATIO in [0, 1)")
-        if self.fallback not in FALLBACK_MODES:
-            problems.append(f"INPUT.SOCO.FALLBACK must be one of {FALLBACK_MODES}, got {self.fallback!r}")
-        choices = {"CROP_FROM": (self.crop_from, ("v1", "original")),
-                   "PROPOSAL_KEEP_RULE": (self.keep_rule, ("visible_fraction", "any_overlap")),
-                   "BOX_JITTER_VIEWS": (self.jitter_views, ("all", "v1")),
-                   "BOX_JITTER_ANCHOR": (self.jitter_anchor, ("center", "corner"))}
-        for key, (value, allowed) in choices.items():
-            if value not in allowed:
-                problems.append(f"INPUT.SOCO.{key} must be one of {allowed}, got {value!r}")
-        enabled = {"v3": self.v3_size > 0, "v4": self.v4_size > 0}
-        for name in self.own_proposal_views:
-            if not enabled.get(name):
-                problems.append(f"INPUT.SOCO.OWN_PROPOSAL_VIEWS: {name!r} is not a view that is on (v3 needs "
-                                f"V3_SIZE > 0, v4 V4_SIZE > 0; V1 and V2 cannot be listed)")
-        if self.crop_tries < 1:
-            problems.append(f"INPUT.SOCO.CROP_TRIES must be >= 1, got {self.crop_tries}")
-        if not 0 <= self.cutout_prob <= 1 or not 0 < self.cutout_area[0] <= self.cutout_area[1] <= 1:
-            problems.append("INPUT.SOCO.CUTOUT_PROB must be in [0, 1] and CUTOUT_AREA 0 < low <= high <= 1")
-        if self.bad_image_policy not in ("skip", "raise"):
-            problems.append(
-                f"OBJPRETRAIN.BAD_IMAGE_POLICY must be 'skip' or 'raise', got {self.bad_image_policy!r}"
-            )
-        if problems:
-            raise ValueError("Invalid SoCo mapper config: " + "; ".join(problems))
+    def dataset_items(self, dataset_dicts):
+        """The dicts themselves; a warning when none has proposals (no DATASETS.PROPOSAL_FILES_TRAIN): every image
+        is then padded per INPUT.SOCO.FALLBACK."""
+        if not any("proposal_boxes" in d for d in dataset_dicts):
+            logger.warning("No image of the training set has proposals (DATASETS.PROPOSAL_FILES_TRAIN is empty?): the "
+                           "SoCo mapper pads every image per INPUT.SOCO.FALLBACK=%r", self.fallback)
+        return dataset_dicts
 
     def __call__(self, dataset_dict):
         file_name = dataset_dict["file_name"]

@@ -1,10 +1,12 @@
-"""Training machinery: LARS, the momentum-target hook, PretrainTrainer, and the exact-resume mixin that
-fine-tuning (tools/train_net.py) shares with it."""
+"""Training machinery: the trainers (PretrainTrainer, FinetuneTrainer, both ResumableTrainer), LARS, the
+momentum-target hook, the exact-resume mixin and the atomic checkpointer."""
+from .checkpoint import AtomicDetectionCheckpointer
+from .defaults import ResumableTrainer
+from .finetune import FinetuneTrainer, finetune
 from .lars import LARS
-from .momentum import MomentumTargetHook, cosine_momentum, unwrap_model
+from .momentum import MomentumTargetHook, cosine_momentum, ema_update, unwrap_model
 from .resumable import ResumableDataStreamMixin
 from .trainer import (
-    AtomicDetectionCheckpointer,
     PretrainAMPTrainer,
     PretrainSimpleTrainer,
     PretrainTrainer,
@@ -16,13 +18,17 @@ from .trainer import (
 __all__ = [
     "LARS",
     "AtomicDetectionCheckpointer",
+    "FinetuneTrainer",
     "MomentumTargetHook",
     "PretrainAMPTrainer",
     "PretrainSimpleTrainer",
     "PretrainTrainer",
     "ResumableDataStreamMixin",
+    "ResumableTrainer",
     "build_pretrain_optimizer",
     "cosine_momentum",
+    "ema_update",
+    "finetune",
     "resolve_schedule",
     "scaled_base_lr",
     "unwrap_model",

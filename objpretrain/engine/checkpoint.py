@@ -7,16 +7,23 @@
   ``model_*.pth`` when a kill came between a save and its tag); if that file is missing or unreadable (a disk
   that lost data, a copy that was cut short), it warns naming the bad file and falls back to the newest
   readable ``model_*.pth`` in the folder.
-- Read errors name the file (:class:`CheckpointReadError`).
+- Read errors name the file (:class:`CheckpointReadError`), as does a checkpoint whose ``model`` holds a
+  non-tensor or a NaN/Inf value (a resume then falls back as above; ``MODEL.WEIGHTS`` stops before training).
+- No code runs from a checkpoint (``MODEL.WEIGHTS``, ``--resume``): ``.pkl`` files go through the restricted
+  unpickler and ``.pth`` files through ``torch.load(weights_only=True)`` (objpretrain/utils/safe_pickle.py).
+  A file that holds other Python objects raises :class:`~objpretrain.utils.safe_pickle.UnsafePickleError`,
+  which a resume does not fall back past: that file was not damaged, someone made it.
 """
 import logging
 import os
 import re
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from ..utils.atomic_io import atomic_write
+from ..utils.safe_pickle import UnsafePickleError, load_pickle, load_torch_file
 
 __all__ = ["AtomicDetectionCheckpointer", "CheckpointReadError"]
 
@@ -25,8 +32,33 @@ logger = logging.getLogger(__name__)
 _CHECKPOINT_NAME = re.compile(r"^model_(\d+|final)\.pth$")
 
 
+# Ends the refusal of a file with Python objects: the trainers have no switch for the full unpickler, the
+# converter has (and writes a .pkl that loads here).
+_WEIGHTS_HINT = ("; if you trust its source, convert it with `python tools/convert_ckpt.py FILE OUT.pkl --to ... "
+                 "--unsafe-full-unpickle` and load OUT.pkl")
+
+
 class CheckpointReadError(RuntimeError):
     """A checkpoint file that does not exist or cannot be deserialized; the message names it."""
+
+
+def _check_model_values(checkpoint, filename):
+    """Raises CheckpointReadError unless ``checkpoint["model"]`` maps names to tensors / numeric arrays of finite
+    values: a NaN weight would otherwise surface as a non-finite loss after training has started."""
+    model = checkpoint.get("model") if isinstance(checkpoint, dict) else None
+    if not isinstance(model, dict):
+        raise CheckpointReadError(f"Cannot read checkpoint {filename!r}: it holds no 'model' dict of tensors")
+    for name, value in model.items():
+        if isinstance(value, np.ndarray) and value.dtype.kind != "O":
+            finite = value.dtype.kind not in "fc" or np.isfinite(value).all()
+        elif isinstance(value, torch.Tensor):
+            finite = not (value.is_floating_point() or value.is_complex()) or bool(torch.isfinite(value).all())
+        else:
+            kind = "numpy array of Python objects" if isinstance(value, np.ndarray) else type(value).__name__
+            raise CheckpointReadError(f"Cannot read checkpoint {filename!r}: its entry {name!r} is a {kind}, "
+                                      "not a tensor")
+        if not finite:
+            raise CheckpointReadError(f"Cannot read checkpoint {filename!r}: its entry {name!r} holds NaN or Inf")
 
 
 def _newest_first(file_names):
@@ -85,12 +117,36 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename):
         try:
-            return super()._load_file(filename)
+            if filename.endswith(".pkl"):
+                checkpoint = self._load_pkl(filename)
+            else:
+                checkpoint = super()._load_file(filename)  # .pth through _torch_load below
+        except UnsafePickleError:
+            raise  # refused, not damaged: not a CheckpointReadError, which resume would fall back past
         except Exception as error:
             raise CheckpointReadError(
                 f"Cannot read checkpoint {filename!r} (truncated or not a checkpoint?): "
                 f"{type(error).__name__}: {error}"
             ) from error
+        _check_model_values(checkpoint, filename)
+        return checkpoint
+
+    def _load_pkl(self, filename):
+        """DetectionCheckpointer._load_file's ``.pkl`` branch (Detectron2 model zoo format, else a Caffe2 /
+        Detectron1 file), with the restricted unpickler in place of its ``pickle.load``."""
+        data = load_pickle(filename, allow_hint=_WEIGHTS_HINT)
+        if not isinstance(data, dict):
+            raise TypeError(f"it holds a {type(data).__name__}, not a dict of weights")
+        if "model" in data and "__author__" in data:
+            self.logger.info("Reading a file from '%s'", data["__author__"])
+            return data
+        if "blobs" in data:  # detection models have "blobs", ImageNet models do not
+            data = data["blobs"]
+        data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+
+    def _torch_load(self, f):
+        return load_torch_file(f, allow_hint=_WEIGHTS_HINT)
 
     def resume_or_load(self, path, *, resume=True):
         if not (resume and self._is_local() and self.has_checkpoint()):

@@ -2,14 +2,12 @@
 
 Detectron2's ``create_ddp_model`` passes ``device_ids=[local rank]``, which DistributedDataParallel accepts only
 for a module on that GPU: on a CPU machine ``--num-gpus 2`` (gloo processes) fails at once. DDP wants
-``device_ids=None`` for CPU modules. :func:`create_ddp_model` does that and otherwise is Detectron2's;
-:func:`install` puts it where ``DefaultTrainer.__init__`` looks it up (``detectron2.engine.defaults``), so that
-tools/train_net.py's Trainer gets it too without copying DefaultTrainer's constructor.
+``device_ids=None`` for CPU modules. :func:`create_ddp_model` does that and otherwise is Detectron2's; the trainers
+build their DDP model with it (``ResumableTrainer.build_ddp_model``).
 """
-import detectron2.engine.defaults as d2_defaults
 from detectron2.engine import create_ddp_model as d2_create_ddp_model
 
-__all__ = ["create_ddp_model", "install"]
+__all__ = ["create_ddp_model"]
 
 
 def create_ddp_model(model, **kwargs):
@@ -18,8 +16,3 @@ def create_ddp_model(model, **kwargs):
     if first is not None and first.device.type == "cpu":
         kwargs.setdefault("device_ids", None)
     return d2_create_ddp_model(model, **kwargs)
-
-
-def install():
-    """Makes ``DefaultTrainer`` build its DDP model with :func:`create_ddp_model` (idempotent)."""
-    d2_defaults.create_ddp_model = create_ddp_model

@@ -3,7 +3,7 @@
 A falling SSL loss is not learning: BYOL's loss falls to the value of a predictor that outputs the mean target,
 InfoNCE sits at ln(K + 1) when every embedding is equal, and a backbone that does not move gives a random
 network whatever the loss does. Every ``OBJPRETRAIN.HEALTH.PERIOD`` iterations the hook writes, to the event
-storage (so metrics.json and TensorBoard), for the model's last step (``model.health``,
+storage (so metrics.json and TensorBoard), for the model's last step (``model.health_record()``,
 ``objpretrain.modeling.health.HealthRecord``):
 
 - ``health/<embedding>_spread`` and ``health/<embedding>_cosine_to_mean`` for every embedding the model
@@ -38,6 +38,7 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from ..evaluation.view_retrieval import make_retrieval_views, view_retrieval
+from ..modeling.contract import PretrainingModel
 from ..modeling.health import embedding_spread
 from ..utils.atomic_io import atomic_write, atomic_write_json
 from .momentum import unwrap_model
@@ -82,8 +83,9 @@ def _relative_change(params, reference):
 
 
 class HealthMonitorHook(HookBase):
-    """See the module docstring. ``cfg`` is the trainer's config; the model must provide ``online_network``,
-    ``image_features`` and ``health`` (``objpretrain.modeling.momentum_model.MomentumTargetModel``)."""
+    """See the module docstring. ``cfg`` is the trainer's config; the model is a
+    :class:`~objpretrain.modeling.contract.PretrainingModel` (its ``online_network``, ``health_record()``,
+    ``momentum_pairs()``, ``image_features``, ``normalize`` and ``view_size``)."""
 
     def __init__(self, cfg):
         health = cfg.OBJPRETRAIN.HEALTH
@@ -93,9 +95,6 @@ class HealthMonitorHook(HookBase):
         self.min_movement = float(health.MIN_MOVEMENT)
         self.patience = int(health.PATIENCE)
         self.stop_on_collapse = bool(health.STOP_ON_COLLAPSE)
-        if self.period < 1 or self.patience < 1:
-            raise ValueError(f"OBJPRETRAIN.HEALTH.PERIOD ({health.PERIOD}, 0 = LOG_PERIOD) and PATIENCE "
-                             f"({health.PATIENCE}) must be positive")
         self.cfg = cfg
         self.output_dir = cfg.OUTPUT_DIR
         self.initial_retrieval = None
@@ -110,9 +109,9 @@ class HealthMonitorHook(HookBase):
 
     def before_train(self):
         model = self._model()
-        for attribute in ("online_network", "image_features"):
-            if not hasattr(model, attribute):
-                raise AttributeError(f"HealthMonitorHook needs model.{attribute}; {type(model).__name__} lacks it")
+        if not isinstance(model, PretrainingModel):
+            raise TypeError(f"HealthMonitorHook needs a PretrainingModel (objpretrain.modeling.contract); "
+                            f"{type(model).__name__} is not one")
         self._groups = weight_groups(model.online_network)
         current = self._snapshot()
         path = os.path.join(self.output_dir, INITIAL_WEIGHTS_FILE)
@@ -147,7 +146,7 @@ class HealthMonitorHook(HookBase):
         count = min(int(health.RETRIEVAL_IMAGES), len(dicts))
         step = len(dicts) / max(count, 1)
         files = [dicts[int(i * step)]["file_name"] for i in range(count)]
-        size = int(health.RETRIEVAL_SIZE) or _input_size(self.cfg)
+        size = int(health.RETRIEVAL_SIZE) or self._model().view_size
         views = make_retrieval_views(files, size, seed=int(health.RETRIEVAL_SEED))
         self.retrieval_dataset = name
         logger.info("Health: view retrieval on %d images of %r at %d px, every %d iterations",
@@ -175,7 +174,7 @@ class HealthMonitorHook(HookBase):
     def _measure(self, iteration):
         model = self._model()
         values = {}
-        record = model.health
+        record = model.health_record()
         if record is not None:
             for name, embedding in record.embeddings.items():
                 values[f"{name}_spread"], values[f"{name}_cosine_to_mean"] = embedding_spread(embedding)
@@ -194,10 +193,10 @@ class HealthMonitorHook(HookBase):
             values[f"move_{group}_since_start"] = _relative_change(params, self._initial)
             values[f"move_{group}_last_period"] = _relative_change(params, self._last)
         self._last = current
-        target = getattr(model, "target_network", None)
-        if target is not None and hasattr(target, "backbone"):
-            online = dict(model.online_network.backbone.named_parameters())
-            target_params = [(n, p) for n, p in target.backbone.named_parameters() if n in online]
+        backbones = model.momentum_pairs().get("backbone")
+        if backbones is not None:
+            online = dict(backbones[0].named_parameters())
+            target_params = [(n, p) for n, p in backbones[1].named_parameters() if n in online]
             values["online_target_distance"] = _relative_change(
                 [(n, online[n]) for n, _ in target_params], {n: p.detach().float() for n, p in target_params}
             )
@@ -263,9 +262,3 @@ def format_summary(summary):
                      f"{100 * summary['view_retrieval_initial']:.1f} %, chance "
                      f"{100 * summary.get('view_retrieval_chance', 0):.1f} %)")
     return ", ".join(parts)
-
-
-def _input_size(cfg):
-    """The side of the model's training views: OAC's crop size, or SoCo's V1 size."""
-    return int(cfg.INPUT.OAC.CROP_SIZE if cfg.OBJPRETRAIN.MAPPER.lower().startswith("oac")
-               else cfg.INPUT.SOCO.VIEW_SIZE)

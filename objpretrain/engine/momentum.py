@@ -1,10 +1,13 @@
 """The momentum (EMA) update of a target network, as a Detectron2 hook (BYOL §3.1; SoCo §4.1)."""
 import math
 
+import torch
 from detectron2.engine import HookBase
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-__all__ = ["MomentumTargetHook", "cosine_momentum", "unwrap_model"]
+from ..modeling.contract import PretrainingModel
+
+__all__ = ["MomentumTargetHook", "cosine_momentum", "ema_update", "unwrap_model"]
 
 
 def cosine_momentum(step, total_steps, base, end=1.0):
@@ -24,9 +27,28 @@ def unwrap_model(model):
     return model.module if isinstance(model, (DistributedDataParallel, DataParallel)) else model
 
 
+@torch.no_grad()
+def ema_update(pairs, tau, foreach=True):
+    """``target <- tau * target + (1 - tau) * online`` for every (online, target) module pair, parameter by parameter,
+    matched by name (the online module may hold more). BN statistics stay the target's own, as in BYOL and MoCo.
+    ``foreach``: one multi-tensor lerp over all parameters (the default); False: one lerp per parameter, the
+    reference bench/train_step.py --compare measures it against."""
+    targets, sources = [], []
+    for online, target in pairs:
+        online_parameters = dict(online.named_parameters())
+        for name, parameter in target.named_parameters():
+            targets.append(parameter)
+            sources.append(online_parameters[name])
+    if foreach:
+        torch._foreach_lerp_(targets, sources, 1.0 - tau)
+    else:
+        for target, source in zip(targets, sources):
+            target.lerp_(source, 1.0 - tau)
+
+
 class MomentumTargetHook(HookBase):
-    """After every optimizer step, moves the target network towards the online one with
-    ``model.momentum_update(tau)``, tau on :func:`cosine_momentum` from ``model.momentum_base`` to
+    """After every optimizer step, moves the model's target modules towards their online ones (:func:`ema_update` over
+    ``PretrainingModel.momentum_pairs()``), tau on :func:`cosine_momentum` from ``model.momentum_base`` to
     ``model.momentum_end`` over ``max_iter`` updates, and logs tau as ``momentum_tau``.
 
     The number of updates done is part of the trainer's checkpoint (``state_dict``), so a resumed run continues
@@ -40,9 +62,9 @@ class MomentumTargetHook(HookBase):
 
     def _model(self):
         model = unwrap_model(self.trainer.model)
-        for attribute in ("momentum_update", "momentum_base", "momentum_end"):
-            if not hasattr(model, attribute):
-                raise AttributeError(f"MomentumTargetHook needs model.{attribute}; {type(model).__name__} lacks it")
+        if not (isinstance(model, PretrainingModel) and model.momentum_pairs()):
+            raise TypeError(f"MomentumTargetHook needs a PretrainingModel with momentum pairs (a target network); "
+                            f"{type(model).__name__} has none")
         return model
 
     def before_train(self):
@@ -54,7 +76,7 @@ class MomentumTargetHook(HookBase):
 
     def after_step(self):
         tau = self.current_tau()
-        self._model().momentum_update(tau)
+        ema_update(self._model().momentum_pairs().values(), tau)
         self.num_updates += 1
         self.trainer.storage.put_scalar("momentum_tau", tau, smoothing_hint=False)
 

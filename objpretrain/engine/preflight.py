@@ -2,9 +2,10 @@
 names the file, key or dataset and the command or override that fixes it (tools print it and exit with status 2,
 :func:`exit_on_config_error`), instead of a traceback from deep inside Detectron2 minutes later.
 
-Checked: MODEL.DEVICE against the visible GPUs; torch's SyncBatchNorm ("SyncBN") in several processes on a CPU,
-which it refuses (gloo has no SyncBatchNorm kernel); that every dataset of DATASETS.TRAIN / TEST is registered and,
-for the demo sets, that ``datasets/prepare_demo.py`` has built them; that every proposal file exists.
+Checked: every value of the config (``objpretrain.config_validation.validate_config``: choices, ranges, the rules
+across keys); MODEL.DEVICE against the visible GPUs; that every dataset of DATASETS.TRAIN / TEST (and the health
+monitors' retrieval set) is registered and, for the demo sets, that ``datasets/prepare_demo.py`` has built them; that
+every proposal file exists.
 """
 import os
 import sys
@@ -12,51 +13,31 @@ import sys
 import torch
 from detectron2.data import DatasetCatalog
 
+from ..config import ConfigError, ConfigFileError
+from ..config_validation import validate_config
 from ..data.datasets.demo import demo_root
 
 __all__ = ["ConfigError", "check_runnable", "exit_on_config_error"]
 
 DEMO_DATASETS = ("demo_unlabeled", "demo_trees_train", "demo_trees_val")
-# The norm keys where SyncBN (torch's, CUDA only) may be set; each also takes "naiveSyncBN" (Detectron2's for the
-# convolutional parts, objpretrain.modeling.heads.NaiveSyncBatchNorm1d for the MLP heads), which all-reduces its
-# statistics and so also works on gloo.
-NORM_KEYS = ("MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_MASK_HEAD.NORM",
-             "MODEL.SOCO.HEAD_NORM", "MODEL.OAC.HEAD_NORM")
 
 
-def _lookup(cfg, key):
-    node = cfg
-    for part in key.split("."):
-        node = node.get(part) if hasattr(node, "get") else None
-    return node
-
-
-class ConfigError(ValueError):
-    """A problem with a config that the user fixes with a command or an override; the message is one line."""
-
-
-def check_runnable(cfg, proposal_files=True, num_processes=1):
+def check_runnable(cfg, proposal_files=True, num_processes=1, pretraining=False):
     """Raises :class:`ConfigError` for the first problem found (module docstring); returns None when there is
     none. ``proposal_files``: also check DATASETS.PROPOSAL_FILES_TRAIN (pretraining reads them; a fine-tuning
-    config that does not load proposals ignores them). ``num_processes``: processes of the launch, all machines."""
+    config that does not load proposals ignores them). ``num_processes``: processes of the launch, all machines.
+    ``pretraining``: the config is for tools/pretrain_net.py (its model must be a pretraining model)."""
+    validate_config(cfg, num_processes=num_processes, pretraining=pretraining)
     device = str(cfg.MODEL.DEVICE)
-    if num_processes > 1 and not device.startswith("cuda"):
-        for key in NORM_KEYS:
-            if key == "MODEL.ROI_MASK_HEAD.NORM" and not cfg.MODEL.MASK_ON:
-                continue  # no mask head is built
-            if _lookup(cfg, key) == "SyncBN":
-                raise ConfigError(f"{key} is 'SyncBN' (torch's SyncBatchNorm, GPU only) but {num_processes} processes "
-                                  f"run on the CPU; add the override `{key}` `naiveSyncBN` (synchronized through "
-                                  "gloo) or `BN`")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"MODEL.DEVICE is {device!r} but no CUDA GPU is visible on this machine; add the override "
                           "`MODEL.DEVICE cpu` (and SOLVER.AMP.ENABLED False)")
-    if cfg.SOLVER.AMP.ENABLED and not device.startswith("cuda"):
-        raise ConfigError("SOLVER.AMP.ENABLED is True but MODEL.DEVICE is not a GPU; add the override "
-                          "`SOLVER.AMP.ENABLED False`")
     registered = set(DatasetCatalog.list())
-    for key in ("DATASETS.TRAIN", "DATASETS.TEST"):
-        for name in cfg.DATASETS[key.split(".")[1]]:
+    retrieval = cfg.OBJPRETRAIN.HEALTH.RETRIEVAL_DATASET
+    names = {"DATASETS.TRAIN": cfg.DATASETS.TRAIN, "DATASETS.TEST": cfg.DATASETS.TEST,
+             "OBJPRETRAIN.HEALTH.RETRIEVAL_DATASET": [retrieval] if retrieval else []}
+    for key, datasets in names.items():
+        for name in datasets:
             if name not in registered:
                 raise ConfigError(
                     f"{key} names {name!r}, which is not a registered dataset; register it with the override "
@@ -81,6 +62,6 @@ def exit_on_config_error(tool, check):
     ``<tool>: error: <one line>`` to stderr and exits with status 2, as argparse does for a bad argument."""
     try:
         return check()
-    except (ConfigError, FileNotFoundError) as error:
+    except (ConfigError, ConfigFileError, FileNotFoundError) as error:
         print(f"{tool}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

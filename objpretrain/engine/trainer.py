@@ -11,28 +11,25 @@ import logging
 import math
 import os
 import time
-import weakref
 
 import torch
 import torch.distributed as dist
 from detectron2.data import DatasetCatalog
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter, get_event_storage
 from detectron2.utils.file_io import PathManager
-from detectron2.utils.logger import setup_logger
 
-from .checkpoint import AtomicDetectionCheckpointer
-from .distributed import create_ddp_model
+from ..config_validation import NONFINITE_LOSS_POLICIES
+from ..modeling.contract import PretrainingModel
+from .defaults import ResumableTrainer
 from .health import HealthMonitorHook
 from .lars import LARS
 from .momentum import MomentumTargetHook, unwrap_model
-from .resumable import ResumableDataStreamMixin
 
 __all__ = [
-    "AtomicDetectionCheckpointer",
     "PretrainAMPTrainer",
     "PretrainSimpleTrainer",
     "PretrainTrainer",
@@ -44,23 +41,15 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-NONFINITE_LOSS_POLICIES = ("raise", "skip")
-
-
 def scaled_base_lr(cfg):
     """``BASE_LR * IMS_PER_BATCH / LR_SCALE_BATCH_SIZE`` (SoCo §4.1, Goyal et al.; SOLVER.LR_SCALING "linear") or
     ``BASE_LR * sqrt(IMS_PER_BATCH / LR_SCALE_BATCH_SIZE)`` ("sqrt"), or BASE_LR when the scaling is off
     (LR_SCALE_BATCH_SIZE = 0)."""
     reference = cfg.SOLVER.LR_SCALE_BATCH_SIZE
-    if reference < 0:
-        raise ValueError(f"SOLVER.LR_SCALE_BATCH_SIZE must be >= 0, got {reference}")
-    rule = cfg.SOLVER.LR_SCALING
-    if rule not in ("linear", "sqrt"):
-        raise ValueError(f"SOLVER.LR_SCALING must be 'linear' or 'sqrt', got {rule!r}")
     if reference == 0:
         return cfg.SOLVER.BASE_LR
     ratio = cfg.SOLVER.IMS_PER_BATCH / reference
-    return cfg.SOLVER.BASE_LR * (ratio if rule == "linear" else math.sqrt(ratio))
+    return cfg.SOLVER.BASE_LR * (ratio if cfg.SOLVER.LR_SCALING == "linear" else math.sqrt(ratio))
 
 
 def resolve_schedule(cfg, num_images=None):
@@ -75,10 +64,6 @@ def resolve_schedule(cfg, num_images=None):
     Idempotent.
     """
     solver = cfg.SOLVER
-    if solver.EPOCHS <= 0 and solver.WARMUP_EPOCHS > 0:
-        raise ValueError("SOLVER.WARMUP_EPOCHS is set but SOLVER.EPOCHS is not; set both or neither")
-    if solver.WARMUP_EPOCHS > solver.EPOCHS > 0:
-        raise ValueError(f"SOLVER.WARMUP_EPOCHS ({solver.WARMUP_EPOCHS}) exceeds SOLVER.EPOCHS ({solver.EPOCHS})")
     max_iter, warmup_iters = solver.MAX_ITER, solver.WARMUP_ITERS
     if solver.EPOCHS > 0:
         if num_images is None:
@@ -129,20 +114,20 @@ def _split_bias_and_norm(param_groups):
 
 
 def _scale_predictor_lr(model, param_groups, factor):
-    """The groups with the parameters of every module named ``predictor`` (BYOL's and SoCo's q) at ``factor`` x
-    their lr, in groups of their own; unchanged when factor is 1."""
-    if factor <= 0:
-        raise ValueError(f"SOLVER.PREDICTOR_LR_FACTOR must be positive, got {factor}")
+    """The groups with the model's predictor parameters (``PretrainingModel.parameter_groups()["predictor"]``:
+    BYOL's and SoCo's q) at ``factor`` x their lr, in groups of their own; unchanged when factor is 1."""
     if factor == 1.0:
         return param_groups
-    predictor = {id(p) for n, p in model.named_parameters() if "predictor" in n.split(".")}
+    groups = model.parameter_groups() if isinstance(model, PretrainingModel) else {}
+    predictor = {id(p) for p in groups.get("predictor", ())}
     if not predictor:
         raise ValueError(f"SOLVER.PREDICTOR_LR_FACTOR is {factor} but {type(model).__name__} has no predictor")
     return _split_groups(param_groups, lambda p: id(p) in predictor, lambda g: {"lr": g["lr"] * factor})
 
 
 def build_pretrain_optimizer(cfg, model):
-    """LARS (SoCo §4.1) or momentum SGD over the trainable parameters, at :func:`scaled_base_lr`.
+    """LARS (SoCo §4.1) or momentum SGD (SOLVER.OPTIMIZER, which ``validate_config`` checked) over the trainable
+    parameters, at :func:`scaled_base_lr`.
 
     Biases and norm parameters get no weight decay (Detectron2's ``get_default_optimizer_params``), and LARS
     does not adapt them either (BYOL). Detectron2's SOLVER.CLIP_GRADIENTS applies to both.
@@ -152,8 +137,7 @@ def build_pretrain_optimizer(cfg, model):
         model, base_lr=lr, weight_decay=cfg.SOLVER.WEIGHT_DECAY, weight_decay_norm=0.0, weight_decay_bias=0.0
     )
     params = _scale_predictor_lr(model, params, cfg.SOLVER.PREDICTOR_LR_FACTOR)
-    name = cfg.SOLVER.OPTIMIZER.upper()
-    if name == "LARS":
+    if cfg.SOLVER.OPTIMIZER.upper() == "LARS":
         return maybe_add_gradient_clipping(cfg, LARS)(
             _split_bias_and_norm(params),
             lr=lr,
@@ -162,11 +146,9 @@ def build_pretrain_optimizer(cfg, model):
             trust_coefficient=cfg.SOLVER.LARS_TRUST_COEFFICIENT,
             eps=cfg.SOLVER.LARS_EPS,
         )
-    if name == "SGD":
-        return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
-            params, lr=lr, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV
-        )
-    raise ValueError(f"SOLVER.OPTIMIZER must be 'LARS' or 'SGD', got {cfg.SOLVER.OPTIMIZER!r}")
+    return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
+        params, lr=lr, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV
+    )
 
 
 def use_channels_last(model, device, enabled=True):
@@ -279,30 +261,22 @@ class PretrainAMPTrainer(_GuardedStepMixin, AMPTrainer):
         self._put_throughput(data, start)
 
 
-class PretrainTrainer(ResumableDataStreamMixin, DefaultTrainer):
-    """DefaultTrainer for pretraining: see the module docstring. ``test`` returns {} (no evaluation)."""
+class PretrainTrainer(ResumableTrainer):
+    """``ResumableTrainer`` (``objpretrain.engine.defaults``) for pretraining: see the module docstring. Its builders
+    give the pretraining loader, the schedule in epochs, LARS or SGD, the guarded step, and the hooks of a
+    pretraining model (momentum target, health). ``test`` returns {} (no evaluation)."""
 
-    def __init__(self, cfg):
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        data_loader = self.build_train_loader(cfg)
+    pretraining = True
+
+    @classmethod
+    def schedule_config(cls, cfg, data_loader):
         # Epochs count the loader's items: images, or boxes with INPUT.OAC.ITEM_PER_BOX.
-        cfg = resolve_schedule(cfg, num_images=getattr(data_loader, "num_items", None))
+        return resolve_schedule(cfg, num_images=getattr(data_loader, "num_items", None))
 
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        model = create_ddp_model(model, broadcast_buffers=False)
+    @classmethod
+    def build_step_trainer(cls, cfg, model, data_loader, optimizer):
         step_trainer = PretrainAMPTrainer if cfg.SOLVER.AMP.ENABLED else PretrainSimpleTrainer
-        self._trainer = step_trainer(model, data_loader, optimizer, cfg.OBJPRETRAIN.NONFINITE_LOSS_POLICY)
-
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicDetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        return step_trainer(model, data_loader, optimizer, cfg.OBJPRETRAIN.NONFINITE_LOSS_POLICY)
 
     @classmethod
     def build_model(cls, cfg):
@@ -320,10 +294,10 @@ class PretrainTrainer(ResumableDataStreamMixin, DefaultTrainer):
 
     def build_hooks(self):
         ret = [hooks.IterationTimer(), hooks.LRScheduler()]
-        if hasattr(unwrap_model(self.model), "momentum_update"):
+        if unwrap_model(self.model).momentum_pairs():
             # Before the checkpointer, so a checkpoint includes its iteration's target update.
             ret.append(MomentumTargetHook(self.max_iter))
-        if self.cfg.OBJPRETRAIN.HEALTH.ENABLED and hasattr(unwrap_model(self.model), "image_features"):
+        if self.cfg.OBJPRETRAIN.HEALTH.ENABLED:
             # On every rank (a stop on collapse is agreed by all), before the writer so its scalars go out with
             # the same iteration's metrics.
             ret.append(HealthMonitorHook(self.cfg))

@@ -36,17 +36,18 @@ __all__ = [
     "extract_sharded",
     "extract_features",
     "extract_object_features",
+    "pixel_stats",
     "reestimate_probe_batchnorm",
 ]
 
 logger = logging.getLogger(__name__)
 
 
-def build_frozen_backbone(cfg, weights, seed=0):
+def build_frozen_backbone(cfg, weights, seed=0, unsafe_full_unpickle=False):
     """A Detectron2 ResNet (to res5) with ``weights`` loaded; every backbone tensor must be present.
 
     ``weights=None`` keeps Detectron2's random initialization (drawn with ``seed``): the floor that a pretrained
-    backbone has to beat.
+    backbone has to beat. ``unsafe_full_unpickle``: see ``objpretrain.checkpoint.load_state_dict``.
     """
     cfg = cfg.clone()
     cfg.defrost()
@@ -56,7 +57,7 @@ def build_frozen_backbone(cfg, weights, seed=0):
     backbone = build_backbone(cfg)
     if weights is None:
         return backbone.eval().requires_grad_(False)
-    conversion = convert_state_dict(load_state_dict(weights), "d2-backbone")
+    conversion = convert_state_dict(load_state_dict(weights, unsafe_full_unpickle), "d2-backbone")
     incompatible = backbone.load_state_dict(conversion.state_dict, strict=False)
     missing = [k for k in incompatible.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or incompatible.unexpected_keys:
@@ -65,13 +66,14 @@ def build_frozen_backbone(cfg, weights, seed=0):
     return backbone.eval().requires_grad_(False)
 
 
-def _pixel_stats(cfg):
+def pixel_stats(cfg):
+    """MODEL.PIXEL_MEAN and MODEL.PIXEL_STD as (C, 1, 1) tensors, to normalize a (C, H, W) image."""
     return (torch.tensor(cfg.MODEL.PIXEL_MEAN).view(-1, 1, 1), torch.tensor(cfg.MODEL.PIXEL_STD).view(-1, 1, 1))
 
 
 def _read_resized(path, resize, cfg, crop=None):
     """The normalized (3, H, W) image, shorter side ``resize``, centre-cropped to ``crop`` when given."""
-    mean, std = _pixel_stats(cfg)
+    mean, std = pixel_stats(cfg)
     image, _ = read_image_rgb(path)
     tensor = TF.resize(torch.from_numpy(np.require(image, requirements="W")).permute(2, 0, 1), [resize], antialias=True)
     if crop is not None:
@@ -120,7 +122,7 @@ def extract_object_features(backbone, dataset_dicts, cfg, resize, device):
     and FPN detectors read such objects from the finer level too. Images without boxes add nothing; unreadable
     ones are logged and skipped.
     """
-    mean, std = _pixel_stats(cfg)
+    mean, std = pixel_stats(cfg)
     strides = {name: backbone.output_shape()[name].stride for name in ("res4", "res5")}
     backbone.to(device)
     features, labels = [], []

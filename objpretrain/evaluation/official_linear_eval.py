@@ -26,7 +26,7 @@ from torch import nn
 from torchvision.transforms import v2 as T
 
 from ..data.image_io import BadImageError, read_image_rgb
-from .frozen_features import _pixel_stats, extract_features, reestimate_probe_batchnorm
+from .frozen_features import extract_features, pixel_stats, reestimate_probe_batchnorm
 from .linear_probe import multilabel_targets, num_classes_of
 from .metrics import batch_mean_average_precision, mean_average_precision
 
@@ -45,7 +45,7 @@ class _AugmentedImages(torch.utils.data.Dataset):
     def __init__(self, dataset_dicts, targets, crop, cfg):
         self.dicts, self.targets = dataset_dicts, targets
         self.augment = T.Compose([T.RandomResizedCrop(crop, antialias=True), T.RandomHorizontalFlip()])
-        self.mean, self.std = _pixel_stats(cfg)
+        self.mean, self.std = pixel_stats(cfg)
 
     def __len__(self):
         return len(self.dicts)

@@ -2,6 +2,11 @@
 from detectron2.layers import NaiveSyncBatchNorm
 from torch import nn
 
+# The norms of an MLP head (get_norm1d; MODEL.SOCO.HEAD_NORM, MODEL.OAC.HEAD_NORM) and of its output
+# (MODEL.SOCO.PROJECTOR_OUTPUT_NORM).
+MLP_NORMS = ("BN", "SyncBN", "naiveSyncBN", "")
+OUTPUT_NORMS = ("BN", "")
+
 
 class NaiveSyncBatchNorm1d(NaiveSyncBatchNorm):
     """Detectron2's NaiveSyncBatchNorm for (N, C) features: batch statistics averaged over all processes with a
@@ -30,7 +35,7 @@ def get_norm1d(norm, num_features):
         return NaiveSyncBatchNorm1d(num_features)
     if norm == "":
         return nn.Identity()
-    raise ValueError(f"Unknown norm {norm!r} for an MLP head; expected 'BN', 'SyncBN', 'naiveSyncBN' or ''")
+    raise ValueError(f"Unknown norm {norm!r} for an MLP head; expected one of {MLP_NORMS}")
 
 
 class MLPHead(nn.Sequential):
@@ -52,5 +57,5 @@ class MLPHead(nn.Sequential):
             # parameters), so on several processes each centres its own batch.
             self.add_module("output_norm", nn.BatchNorm1d(out_dim, affine=False))
         elif output_norm != "":
-            raise ValueError(f"Unknown output norm {output_norm!r} for an MLP head; expected 'BN' or ''")
+            raise ValueError(f"Unknown output norm {output_norm!r} for an MLP head; expected one of {OUTPUT_NORMS}")
         self.in_dim, self.hidden_dim, self.out_dim = in_dim, hidden_dim, out_dim

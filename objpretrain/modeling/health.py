@@ -1,9 +1,10 @@
 """What a pretraining model reports of its last training step so that collapse can be seen (docs/pretraining.md,
 "Health monitors"), and the statistics computed from it.
 
-Every meta-architecture sets ``self.health`` to a :class:`HealthRecord` in each training forward: detached
-references to its embeddings (no copy, no computation on the hot path) and, per loss, the value that loss takes
-when the network has collapsed. ``objpretrain.engine.health.HealthMonitorHook`` reads it once per period.
+Every meta-architecture records a :class:`HealthRecord` in each training forward (``PretrainingModel.
+_record_health``): detached references to its embeddings (no copy, no computation on the hot path) and, per loss,
+the value that loss takes when the network has collapsed. ``objpretrain.engine.health.HealthMonitorHook`` reads it
+once per period through ``PretrainingModel.health_record()`` (objpretrain.modeling.contract).
 """
 import math
 from dataclasses import dataclass, field

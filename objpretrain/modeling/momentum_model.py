@@ -1,8 +1,10 @@
 """What every pretraining meta-architecture with a momentum target shares: RGB normalization buffers, the
-device, and the EMA update the engine's MomentumTargetHook calls (docs/design.md)."""
+device, and the (online, target) pairs the engine's MomentumTargetHook moves (docs/design.md)."""
 import torch
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 from torch import nn
+
+from .contract import PretrainingModel
 
 
 def zero_init_residual_norms(module):
@@ -20,13 +22,11 @@ def zero_init_residual_norms(module):
     return count
 
 
-class MomentumTargetModel(nn.Module):
-    """Base of models holding ``online_network`` and ``target_network``; subclasses set both, and
-    ``momentum_base`` / ``momentum_end``, in their ``__init__``. They also implement ``image_features(images)``
-    (normalized images -> (N, C) pooled res5 of the online ResNet, for view retrieval) and set ``self.health``
-    (``objpretrain.modeling.health.HealthRecord``) in every training forward."""
-
-    health = None
+class MomentumTargetModel(PretrainingModel):
+    """A :class:`~objpretrain.modeling.contract.PretrainingModel` holding ``online_network`` and its momentum copy
+    ``target_network``; subclasses set both, and ``momentum_base`` / ``momentum_end``, in their ``__init__``. Its
+    momentum pairs are the children of ``target_network`` with the ``online_network`` children of the same name
+    (the target may lack online-only modules, such as BYOL's predictor)."""
 
     def _register_pixel_normalization(self, cfg):
         if len(cfg.MODEL.PIXEL_MEAN) != len(cfg.MODEL.PIXEL_STD):
@@ -42,17 +42,6 @@ class MomentumTargetModel(nn.Module):
         """uint8 (or float) 0-255 images, N x C x H x W -> normalized float on the model's device."""
         return (images.to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
 
-    @torch.no_grad()
-    def momentum_update(self, tau, foreach=True):
-        """target <- tau * target + (1 - tau) * online, parameter by parameter, matched by name (the target may
-        lack online-only modules such as BYOL's predictor). BN statistics stay the target's own, as in BYOL
-        and MoCo. ``foreach``: one multi-tensor lerp over all parameters (the default); False: one lerp per
-        parameter, the reference bench/train_step.py --compare measures it against."""
-        online = dict(self.online_network.named_parameters())
-        names, targets = zip(*self.target_network.named_parameters())
-        sources = [online[name] for name in names]
-        if foreach:
-            torch._foreach_lerp_(list(targets), sources, 1.0 - tau)
-        else:
-            for target, source in zip(targets, sources):
-                target.lerp_(source, 1.0 - tau)
+    def momentum_pairs(self):
+        return {name: (getattr(self.online_network, name), target)
+                for name, target in self.target_network.named_children()}

@@ -28,13 +28,13 @@ from detectron2.utils import comm
 from torch import nn
 
 from .heads import MLPHead
-from .health import HealthRecord, byol_collapse_loss, info_nce_collapse_loss
-from .momentum_model import MomentumTargetModel, zero_init_residual_norms
+from .health import byol_collapse_loss, info_nce_collapse_loss
 from .losses.byol import BYOLLoss
 from .losses.dense_contrastive import DenseContrastiveLoss
 from .losses.infonce import InfoNCELoss
 from .losses.localization import ObjectLocalizationLoss
 from .losses.rotation import RelativeRotationLoss, rotate_images
+from .momentum_model import MomentumTargetModel, zero_init_residual_norms
 
 __all__ = [
     "OACBYOL",
@@ -134,16 +134,19 @@ class DenseProjectionHead(nn.Sequential):
 class _OACModel(MomentumTargetModel):
     """Backbone, per-view heads, momentum target, pretext losses; subclasses add the SSL loss.
 
-    Subclasses implement ``_build_online_heads(cfg, feature_dim)`` (modules added to ``online_network``) and
-    ``ssl_losses(view1, view2)`` -> ``(loss dict, {view name: pooled online res5 features}``).
+    Subclasses implement ``ssl_losses(view1, view2)`` -> ``(loss dict, {view name: pooled online res5 features}``)
+    and may extend ``_build_online_heads(cfg, feature_dim)`` (the modules added to ``online_network``).
     """
 
+    dataset_mapper = "OACMapper"
     # online_network children that have no momentum copy.
     online_only = ()
 
     def __init__(self, cfg):
+        # The values are checked before launch (objpretrain.config_validation), not here on every rank.
         super().__init__()
         oac = cfg.MODEL.OAC
+        self.view_size = int(cfg.INPUT.OAC.CROP_SIZE)
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
         if "res5" not in shapes:
@@ -158,10 +161,6 @@ class _OACModel(MomentumTargetModel):
         self._build_online_heads(cfg, self.feature_dim)
         if len(self.head_names) == 2 and oac.SEPARATE_HEADS_INIT == "equal":
             self._copy_view1_heads_to_view2()
-        elif oac.SEPARATE_HEADS_INIT not in ("equal", "independent"):
-            raise ValueError(
-                f"MODEL.OAC.SEPARATE_HEADS_INIT must be 'independent' or 'equal', got {oac.SEPARATE_HEADS_INIT!r}"
-            )
         if cfg.MODEL.RESNETS.ZERO_INIT_RESIDUAL:
             zero_init_residual_norms(self.online_network.backbone)
         self.target_network = nn.Module()
@@ -183,9 +182,17 @@ class _OACModel(MomentumTargetModel):
             ObjectLocalizationLoss(self.feature_dim, oac.PRETEXT_HIDDEN_DIM, cfg.INPUT.OAC.LOC_GRID ** 2)
             if self.lambda_loc > 0 else None
         )
-        # Used by the models with a key encoder (MoCo-v2, DenseCL); BYOL has none (it is not in BYOL).
-        self.shuffle_bn = bool(oac.SHUFFLE_BN)
         self._register_pixel_normalization(cfg)
+
+    def _build_online_heads(self, cfg, feature_dim):
+        """The projection head of every view (MLP 2048 -> 128 in MoCo-v2; with MODEL.OAC.HEAD_NORM "BN", BYOL's)."""
+        oac = cfg.MODEL.OAC
+        self.online_network.projector = self._per_view_heads(
+            lambda: MLPHead(feature_dim, oac.HEAD_HIDDEN_DIM, oac.HEAD_OUT_DIM, norm=oac.HEAD_NORM))
+
+    def _per_view_heads(self, build_head):
+        """One ``build_head()`` per projection-head key (``self.head_names``), in a ModuleDict."""
+        return nn.ModuleDict({name: build_head() for name in self.head_names})
 
     def _copy_view1_heads_to_view2(self):
         """Starts every per-view head of view 2 as a copy of view 1's (they then train apart)."""
@@ -219,14 +226,6 @@ class _OACModel(MomentumTargetModel):
         """(N, C) pooled res5 of the online ResNet for normalized images (view retrieval, the linear probe)."""
         return self._pool(self._res5(self.online_network, images))
 
-    @torch.no_grad()
-    def _key_embed(self, view, images):
-        """``self._embed`` of the target (key) network, with shuffle-BN across processes when it applies."""
-        if not (self.shuffle_bn and self.training and comm.get_world_size() > 1):
-            return self._embed(self.target_network, view, images)
-        shuffled, unshuffle = shuffle_across_ranks(images)
-        return tuple(unshuffle(output) for output in self._embed(self.target_network, view, shuffled))
-
     # ---------------------------------------------------------------- forward
     def forward(self, batched_inputs):
         """Training and evaluation both return the loss dict (queues change only in training)."""
@@ -257,29 +256,42 @@ def query_key_directions(separate_heads):
     return (("view1", "view2"), ("view2", "view1")) if separate_heads else (("view1", "view2"),)
 
 
-@META_ARCH_REGISTRY.register()
-class OACMoCo(_OACModel):
-    """MoCo-v2 (Chen et al. 2020) with OAC views: InfoNCE against a queue of momentum keys (OAC §4.2, Eq. 1).
-
-    Losses: ``loss_moco`` (+ ``loss_rot``, ``loss_loc``).
-    """
-
-    def _build_online_heads(self, cfg, feature_dim):
-        oac = cfg.MODEL.OAC
-        self.online_network.projector = nn.ModuleDict({
-            name: MLPHead(feature_dim, oac.HEAD_HIDDEN_DIM, oac.HEAD_OUT_DIM, norm=oac.HEAD_NORM)
-            for name in self.head_names
-        })
+class _QueuedOACModel(_OACModel):
+    """The models with a key encoder (the target network) and queues of its keys, MoCo-v2 and DenseCL: per query-key
+    direction (:func:`query_key_directions`), InfoNCE of the online query against the key and a queue of past keys
+    of the key's view."""
 
     def __init__(self, cfg):
         super().__init__(cfg)
         oac = cfg.MODEL.OAC
         self.directions = query_key_directions(oac.SEPARATE_HEADS)
         self.key_views = tuple(key for _, key in self.directions)
-        self.queues = nn.ModuleDict(
-            {view: KeyQueue(oac.QUEUE_SIZE, oac.HEAD_OUT_DIM, oac.QUEUE_START) for view in self.key_views}
-        )
+        self.queues = self._key_queues(cfg)
         self.info_nce = InfoNCELoss(oac.TEMPERATURE)
+        # Shuffle-BN is MoCo's, for its key encoder; BYOL has none.
+        self.shuffle_bn = bool(oac.SHUFFLE_BN)
+
+    def _key_queues(self, cfg):
+        """A :class:`KeyQueue` of MODEL.OAC.QUEUE_SIZE keys per key view."""
+        oac = cfg.MODEL.OAC
+        return nn.ModuleDict(
+            {view: KeyQueue(oac.QUEUE_SIZE, oac.HEAD_OUT_DIM, oac.QUEUE_START) for view in self.key_views})
+
+    @torch.no_grad()
+    def _key_embed(self, view, images):
+        """``self._embed`` of the target (key) network, with shuffle-BN across processes when it applies."""
+        if not (self.shuffle_bn and self.training and comm.get_world_size() > 1):
+            return self._embed(self.target_network, view, images)
+        shuffled, unshuffle = shuffle_across_ranks(images)
+        return tuple(unshuffle(output) for output in self._embed(self.target_network, view, shuffled))
+
+
+@META_ARCH_REGISTRY.register()
+class OACMoCo(_QueuedOACModel):
+    """MoCo-v2 (Chen et al. 2020) with OAC views: InfoNCE against a queue of momentum keys (OAC §4.2, Eq. 1).
+
+    Losses: ``loss_moco`` (+ ``loss_rot``, ``loss_loc``).
+    """
 
     def _embed(self, network, view, images):
         pooled = self._pool(self._res5(network, images))
@@ -298,7 +310,7 @@ class OACMoCo(_OACModel):
         ) / len(self.directions)
         if self.training:
             first_query, first_key = self.directions[0]
-            self.health = HealthRecord(
+            self._record_health(
                 embeddings={"projector": queries[first_query], "target_projector": keys[first_key]},
                 collapse_losses={"loss_moco": info_nce_collapse_loss(int(self.queues[first_key].filled))},
             )
@@ -315,11 +327,8 @@ class OACBYOL(_OACModel):
     online_only = ("predictor",)
 
     def _build_online_heads(self, cfg, feature_dim):
+        super()._build_online_heads(cfg, feature_dim)
         oac = cfg.MODEL.OAC
-        self.online_network.projector = nn.ModuleDict({
-            name: MLPHead(feature_dim, oac.HEAD_HIDDEN_DIM, oac.HEAD_OUT_DIM, norm=oac.HEAD_NORM)
-            for name in self.head_names
-        })
         self.online_network.predictor = MLPHead(
             oac.HEAD_OUT_DIM, oac.PREDICTOR_HIDDEN_DIM, oac.HEAD_OUT_DIM, norm=oac.HEAD_NORM
         )
@@ -327,6 +336,9 @@ class OACBYOL(_OACModel):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.byol_loss = BYOLLoss()
+
+    def parameter_groups(self):
+        return {"predictor": list(self.online_network.predictor.parameters())}
 
     def ssl_losses(self, view1, view2):
         images = {"view1": view1, "view2": view2}
@@ -340,7 +352,7 @@ class OACBYOL(_OACModel):
                 targets[view] = self.target_network.projector[self.head_for(view)](target_pooled)
         loss = self.byol_loss(predictions["view1"], targets["view2"], predictions["view2"], targets["view1"])
         if self.training:
-            self.health = HealthRecord(
+            self._record_health(
                 embeddings={"projector": projections["view1"], "predictor": predictions["view1"],
                             "target_projector": targets["view2"]},
                 collapse_losses={"loss_byol": byol_collapse_loss(targets["view2"], targets["view1"])},
@@ -349,37 +361,22 @@ class OACBYOL(_OACModel):
 
 
 @META_ARCH_REGISTRY.register()
-class OACDenseCL(_OACModel):
+class OACDenseCL(_QueuedOACModel):
     """DenseCL (Wang et al. 2021) with OAC views: MoCo's global InfoNCE plus the dense contrastive loss on
     the res5 grid, each with its own queue. Losses: ``loss_global`` = (1 - w) * global, ``loss_dense`` =
     w * dense, w = ``MODEL.OAC.DENSE_LOSS_WEIGHT`` (+ ``loss_rot``, ``loss_loc``)."""
 
     def _build_online_heads(self, cfg, feature_dim):
+        super()._build_online_heads(cfg, feature_dim)
         oac = cfg.MODEL.OAC
-        self.online_network.projector = nn.ModuleDict({
-            name: MLPHead(feature_dim, oac.HEAD_HIDDEN_DIM, oac.HEAD_OUT_DIM, norm=oac.HEAD_NORM)
-            for name in self.head_names
-        })
-        self.online_network.dense_projector = nn.ModuleDict({
-            name: DenseProjectionHead(feature_dim, oac.HEAD_HIDDEN_DIM, oac.HEAD_OUT_DIM)
-            for name in self.head_names
-        })
+        self.online_network.dense_projector = self._per_view_heads(
+            lambda: DenseProjectionHead(feature_dim, oac.HEAD_HIDDEN_DIM, oac.HEAD_OUT_DIM))
 
     def __init__(self, cfg):
-        super().__init__(cfg)
         oac = cfg.MODEL.OAC
-        if not 0.0 <= oac.DENSE_LOSS_WEIGHT <= 1.0:
-            raise ValueError(f"MODEL.OAC.DENSE_LOSS_WEIGHT must be in [0, 1], got {oac.DENSE_LOSS_WEIGHT}")
+        super().__init__(cfg)
         self.dense_weight = float(oac.DENSE_LOSS_WEIGHT)
-        self.directions = query_key_directions(oac.SEPARATE_HEADS)
-        self.key_views = tuple(key for _, key in self.directions)
-        self.queues = nn.ModuleDict(
-            {view: KeyQueue(oac.QUEUE_SIZE, oac.HEAD_OUT_DIM, oac.QUEUE_START) for view in self.key_views}
-        )
-        self.dense_queues = nn.ModuleDict(
-            {view: KeyQueue(oac.QUEUE_SIZE, oac.HEAD_OUT_DIM, oac.QUEUE_START) for view in self.key_views}
-        )
-        self.info_nce = InfoNCELoss(oac.TEMPERATURE)
+        self.dense_queues = self._key_queues(cfg)
         self.dense_contrastive = DenseContrastiveLoss(oac.TEMPERATURE)
 
     def _embed(self, network, view, images):
@@ -409,7 +406,7 @@ class OACDenseCL(_OACModel):
         if self.training:
             first_query, first_key = self.directions[0]
             collapsed = info_nce_collapse_loss(int(self.queues[first_key].filled))
-            self.health = HealthRecord(
+            self._record_health(
                 embeddings={"projector": online[first_query][1], "target_projector": target[first_key][1]},
                 collapse_losses={"loss_global": (1.0 - self.dense_weight) * collapsed,
                                  "loss_dense": self.dense_weight * collapsed},

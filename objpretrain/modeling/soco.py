@@ -18,9 +18,9 @@ from detectron2.structures import Boxes, ImageList
 from torch import nn
 
 from .heads import MLPHead
-from .health import HealthRecord, byol_collapse_loss
-from .momentum_model import MomentumTargetModel, zero_init_residual_norms
+from .health import byol_collapse_loss
 from .losses import BYOLLoss
+from .momentum_model import MomentumTargetModel, zero_init_residual_norms
 from .scale_aware_pooler import ScaleAwareROIPooler
 
 __all__ = ["SoCo", "SoCoC4", "FPNObjectEncoder", "C4ObjectEncoder", "build_object_pooler"]
@@ -122,10 +122,13 @@ class SoCo(MomentumTargetModel):
     """
 
     encoder_class = FPNObjectEncoder
+    dataset_mapper = "SoCoMapper"
 
     def __init__(self, cfg):
+        # The values are checked before launch (objpretrain.config_validation), not here on every rank.
         super().__init__()
         soco = cfg.MODEL.SOCO
+        self.view_size = int(cfg.INPUT.SOCO.VIEW_SIZE)
         self.online_network = self.encoder_class(cfg)
         self.predictor = MLPHead(
             soco.PROJECTOR_OUT_DIM, soco.PREDICTOR_HIDDEN_DIM, soco.PROJECTOR_OUT_DIM, soco.HEAD_NORM
@@ -138,14 +141,7 @@ class SoCo(MomentumTargetModel):
         self.momentum_end = soco.MOMENTUM_END
         self.loss = BYOLLoss()
         self.view_batching = soco.VIEW_BATCHING
-        if self.view_batching not in ("per_view", "per_size"):
-            raise ValueError(f'MODEL.SOCO.VIEW_BATCHING must be "per_view" or "per_size", got {self.view_batching!r}')
         self.repeated_box_weighting = soco.REPEATED_BOX_WEIGHTING
-        if self.repeated_box_weighting not in ("rows", "pairs"):
-            raise ValueError(f'MODEL.SOCO.REPEATED_BOX_WEIGHTING must be "rows" or "pairs", got '
-                             f"{self.repeated_box_weighting!r}")
-        if len(cfg.MODEL.PIXEL_MEAN) != 3 or len(cfg.MODEL.PIXEL_STD) != 3:
-            raise ValueError("SoCo takes RGB views: MODEL.PIXEL_MEAN and MODEL.PIXEL_STD need 3 values")
         self._register_pixel_normalization(cfg)
 
     def forward(self, batched_inputs):
@@ -177,7 +173,7 @@ class SoCo(MomentumTargetModel):
         v1_rows = self._v1_rows(batched_inputs, len(own_views))
         block = {name: (1 + own_views.index(name) if name in own_views else 0) for name in pairs}
         if self.training:
-            self.health = HealthRecord(
+            self._record_health(
                 embeddings={"projector": online_projections["v1"], "predictor": online_predictions["v1"],
                             "target_projector": target_projections["v1"]},
                 collapse_losses={f"loss_v1_{name}": byol_collapse_loss(
@@ -195,6 +191,9 @@ class SoCo(MomentumTargetModel):
     def image_features(self, images):
         """(N, C) pooled res5 of the online bottom-up ResNet for normalized images (view retrieval)."""
         return self.online_network.backbone.bottom_up(images)["res5"].mean(dim=(2, 3))
+
+    def parameter_groups(self):
+        return {"predictor": list(self.predictor.parameters())}
 
     def _view_groups(self, batched_inputs, view_names):
         """Lists of view indices that go through the networks in one call: each view alone ("per_view"), or the

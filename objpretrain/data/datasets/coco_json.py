@@ -1,21 +1,30 @@
 """COCO-format detection sets for finetuning: user sets from the command line or the config, and Mini COCO.
 
-``register_coco_json("name:json_file:image_root")`` registers a user set (Detectron2's
+``register_coco_json("name:json_file:image_root")`` registers a user set (as Detectron2's
 ``register_coco_instances``, evaluated with COCOEvaluator); ``objpretrain.data.datasets.register_datasets_from_cfg``
 does so for every entry of DATASETS.COCO_JSON_REGISTER. Importing this module registers Mini COCO (SoCo §4.5: 5% and 10%
 of COCO train2017, written by tools/make_mini_coco.py) as ``coco_2017_train_mini5`` and
 ``coco_2017_train_mini10`` under ``$DETECTRON2_DATASETS/coco`` (nothing is read until used). The standard
 COCO and Pascal VOC names (coco_2017_train, voc_2007_trainval, ...) are Detectron2's builtin ones.
+
+The sets registered here are read by :func:`load_checked_coco_json`: :func:`check_coco_json`, then Detectron2's
+``load_coco_json``. The check stops what Detectron2 would take silently or fail on without naming the file.
 """
+import collections
+import json
 import logging
+import math
+import numbers
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json, register_coco_instances
+from detectron2.data.datasets import load_coco_json
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 
 __all__ = [
     "MINI_COCO_PERCENTS",
+    "check_coco_json",
+    "load_checked_coco_json",
     "mini_coco_json",
     "parse_coco_json_spec",
     "register_coco_json",
@@ -53,7 +62,8 @@ def register_coco_json(spec):
         if registered == (json_file, image_root):
             return name
         raise ValueError(f"dataset {name!r} is already registered with {registered}, not ({json_file}, {image_root})")
-    register_coco_instances(name, {}, json_file, image_root)
+    DatasetCatalog.register(name, lambda: load_checked_coco_json(json_file, image_root, name))
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
     logger.info(f"Registered COCO json dataset {name}: {json_file}, images in {image_root}")
     return name
 
@@ -68,7 +78,83 @@ def _load_mini_coco(json_file, image_root, name):
         raise FileNotFoundError(
             f"{name}: {json_file} does not exist; create it with tools/make_mini_coco.py (docs/transfer.md)"
         )
-    return load_coco_json(json_file, image_root, name)
+    return load_checked_coco_json(json_file, image_root, name)
+
+
+def load_checked_coco_json(json_file, image_root, name):
+    """Detectron2's ``load_coco_json(json_file, image_root, name)`` after :func:`check_coco_json`; what Detectron2
+    still refuses (a category id missing from ``categories``, a bad segmentation) is a ValueError naming the file."""
+    check_coco_json(json_file)
+    try:
+        return load_coco_json(json_file, image_root, name)
+    except (AssertionError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{json_file}: {type(error).__name__}: {error}") from error
+
+
+def check_coco_json(json_file):
+    """Raises a ValueError naming ``json_file`` and the entry for what Detectron2's loader would take silently or
+    fail on without naming the file; logs a count of the boxes its mapper drops or clips.
+
+    Errors: not UTF-8 JSON (truncated, another encoding), not an object with an ``images`` list, an image
+    without an int/str ``id``, a ``file_name`` or a positive ``height``/``width``, an image id given twice (pycocotools
+    keeps only the last), an annotation without ``id``/``image_id``/``category_id``, a ``bbox`` that is not four
+    finite numbers (Detectron2 would clip Inf to the image border and train on it). Logged: boxes with no area and
+    boxes reaching outside their image, which Detectron2's mapper drops / clips (it already logs annotations whose
+    image_id matches no image).
+    """
+    try:
+        with open(json_file, "rb") as f:
+            data = json.loads(f.read().decode("utf-8"))  # the encoding pycocotools reads (a BOM is refused too)
+    except Exception as e:
+        raise ValueError(f"{json_file}: not a COCO json file ({type(e).__name__}: {e})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"{json_file}: a COCO json file is an object with an 'images' list")
+    if not data["images"]:
+        raise ValueError(f"{json_file}: its 'images' list is empty")
+    sizes = {}
+    for k, image in enumerate(data["images"]):
+        if not (isinstance(image, dict) and isinstance(image.get("id"), (int, str))
+                and not isinstance(image["id"], bool) and isinstance(image.get("file_name"), str)
+                and _positive(image.get("height")) and _positive(image.get("width"))):
+            raise ValueError(f"{json_file}: images[{k}] needs an int or str 'id', a 'file_name' and a positive "
+                             f"'height' and 'width'; got {str(image)[:200]}")
+        image_id = image["id"]
+        if image_id in sizes:
+            raise ValueError(f"{json_file}: image id {image_id!r} is given twice (images[{k}]); pycocotools would keep "
+                             "only the last")
+        sizes[image_id] = (image["width"], image["height"])
+    annotations = data.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise ValueError(f"{json_file}: 'annotations' must be a list, not a {type(annotations).__name__}")
+    counts = collections.Counter()
+    for k, annotation in enumerate(annotations):
+        if not (isinstance(annotation, dict) and {"id", "image_id", "category_id"} <= annotation.keys()):
+            raise ValueError(f"{json_file}: annotations[{k}] needs 'id', 'image_id' and 'category_id'; got "
+                             f"{str(annotation)[:200]}")
+        box = annotation.get("bbox")
+        if box is None:
+            continue
+        if not (isinstance(box, list) and len(box) == 4 and all(_finite_number(v) for v in box)):
+            raise ValueError(f"{json_file}: annotation {annotation['id']!r} (image {annotation['image_id']!r}): bbox "
+                             f"{str(box)[:100]} is not four finite numbers [x, y, width, height]")
+        x, y, w, h = box
+        if w <= 0 or h <= 0:
+            counts["with no area (dropped)"] += 1
+        elif annotation["image_id"] in sizes:
+            width, height = sizes[annotation["image_id"]]
+            if x < 0 or y < 0 or x + w > width or y + h > height:
+                counts["reaching outside their image (clipped; dropped if nothing is left)"] += 1
+    if counts:
+        logger.warning("%s: %s; Detectron2's mapper handles them so", json_file,
+                       ", ".join(f"{n} boxes {what}" for what, n in counts.items()))
+
+
+def _positive(value):
+    return _finite_number(value) and value > 0
+
+
+def _finite_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def register_mini_coco(root):

@@ -10,13 +10,31 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 
 
 def list_images(root):
-    """All image files under ``root`` (recursively), sorted so the order is the same on every machine."""
+    """All image files under ``root`` (recursively), sorted so the order is the same on every machine.
+
+    Links to folders outside ``root`` are followed. A link to a folder inside it is not (that folder is listed under
+    its own path), nor one to a folder already listed: either would list images again under other ids, and a link
+    back up the tree would never finish. Each skipped link is counted in a warning.
+    """
     if not os.path.isdir(root):
         raise FileNotFoundError(f"Image folder {root!r} does not exist")
-    paths = []
+    inside = os.path.join(os.path.realpath(root), "")
+    paths, listed, skipped = [], set(), []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
+        stat = os.stat(dirpath)
+        if (stat.st_dev, stat.st_ino) in listed:
+            skipped.append(dirpath)
+            dirnames.clear()
+            continue
+        listed.add((stat.st_dev, stat.st_ino))
+        links_inside = {d for d in dirnames if os.path.islink(os.path.join(dirpath, d))
+                        and os.path.join(os.path.realpath(os.path.join(dirpath, d)), "").startswith(inside)}
+        skipped.extend(os.path.join(dirpath, d) for d in sorted(links_inside))
+        dirnames[:] = sorted(set(dirnames) - links_inside)
         paths.extend(os.path.join(dirpath, f) for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS))
+    if skipped:
+        logger.warning("Image folder %r: skipped %d links to folders listed under another path (e.g. %s)", root,
+                       len(skipped), skipped[0])
     return sorted(paths)
 
 
@@ -30,11 +48,23 @@ def image_id_for(path, root):
     return os.path.splitext(rel)[0].replace(os.sep, "/")
 
 
+def raise_for_shared_ids(items, source):
+    """Raises a ValueError naming ``source`` and two files when two ``(image_id, file_name)`` items share an id:
+    proposals keyed by that id could not be told apart (folder ids drop the extension: ``a.jpg`` and ``a.png``)."""
+    seen = {}
+    for image_id, path in items:
+        if image_id in seen:
+            raise ValueError(f"{source}: image id {image_id!r} is used by both {seen[image_id]} and {path}")
+        seen[image_id] = path
+
+
 def load_image_folder(root):
     paths = list_images(root)
     if not paths:
         raise FileNotFoundError(f"Image folder {root!r} has no images (extensions {IMAGE_EXTENSIONS})")
-    return [{"file_name": p, "image_id": image_id_for(p, root)} for p in paths]
+    dicts = [{"file_name": p, "image_id": image_id_for(p, root)} for p in paths]
+    raise_for_shared_ids([(d["image_id"], d["file_name"]) for d in dicts], f"Image folder {root!r}")
+    return dicts
 
 
 def register_image_folder(name, root):

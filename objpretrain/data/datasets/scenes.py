@@ -19,7 +19,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .synthetic import _place_boxes, _shape_polygon
+from .synthetic import place_boxes, shape_polygon
 
 SHAPES = ("rectangle", "ellipse", "triangle")
 TEXTURES = ("stripes", "checker")
@@ -80,7 +80,8 @@ def make_scene_coco(out_dir, num_images=64, image_size=128, seed=0, min_objects=
     ``class_textures``: texture period and orientation fixed per class (module docstring); ``side_range``:
     (min, max) object side in pixels (default image_size / 10 to image_size / 2); ``gray``: no colour at all, every
     object drawn in the same dark and light gray (:data:`GRAY_OBJECT_COLORS`), background and clutter gray. Objects
-    do not overlap, so a scene may hold fewer than ``max_objects`` when they do not fit. Returns ``(json_path, image_root)``.
+    do not overlap, so a scene may hold fewer than ``max_objects`` when they do not fit. Returns
+    ``(json_path, image_root)``.
     """
     rng = np.random.default_rng(seed)
     image_root = os.path.join(out_dir, "images")
@@ -97,11 +98,11 @@ def make_scene_coco(out_dir, num_images=64, image_size=128, seed=0, min_objects=
         _clutter(rng, image, clutter, gray)
         canvas = np.array(image)
         num = int(rng.integers(min_objects, max_objects + 1))
-        for box in _place_boxes(rng, image_size, num, min_side, max_side):
+        for box in place_boxes(rng, image_size, num, min_side, max_side):
             shape = SHAPES[int(rng.integers(len(SHAPES)))]
             texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
             category_id = 1 + SHAPES.index(shape) * len(TEXTURES) + TEXTURES.index(texture)
-            polygon = _shape_polygon(shape, *box)
+            polygon = shape_polygon(shape, *box)
             mask_image = Image.new("L", (image_size, image_size), 0)
             ImageDraw.Draw(mask_image).polygon(polygon, fill=1)
             mask = np.array(mask_image, dtype=bool)

@@ -8,9 +8,8 @@ import json
 import os
 
 import numpy as np
-from PIL import Image, ImageDraw
-
 from detectron2.data.datasets import register_coco_instances
+from PIL import Image, ImageDraw
 
 CATEGORIES = [
     {"id": 1, "name": "rectangle"},
@@ -19,7 +18,9 @@ CATEGORIES = [
 ]
 
 
-def _shape_polygon(kind, x0, y0, x1, y1):
+def shape_polygon(kind, x0, y0, x1, y1):
+    """The outline of a ``kind`` ("rectangle", "triangle", else an ellipse of 24 points) filling the box
+    (x0, y0, x1, y1): a list of (x, y) points."""
     if kind == "rectangle":
         return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
     if kind == "triangle":
@@ -29,7 +30,9 @@ def _shape_polygon(kind, x0, y0, x1, y1):
     return [(float(cx + rx * np.cos(a)), float(cy + ry * np.sin(a))) for a in angles]
 
 
-def _place_boxes(rng, image_size, num_shapes, min_side, max_side):
+def place_boxes(rng, image_size, num_shapes, min_side, max_side):
+    """Up to ``num_shapes`` non-overlapping integer boxes (x0, y0, x1, y1) in a square image, sides drawn from
+    [min_side, max_side] with ``rng`` (a NumPy Generator); fewer when num_shapes x 20 draws do not fit them."""
     boxes = []
     for _ in range(num_shapes * 20):
         if len(boxes) == num_shapes:
@@ -57,10 +60,10 @@ def make_synthetic_coco(out_dir, num_images=8, image_size=128, seed=0, max_shape
         background = rng.integers(0, 90, size=(image_size, image_size, 3), dtype=np.uint8)
         image = Image.fromarray(background)
         draw = ImageDraw.Draw(image)
-        boxes = _place_boxes(rng, image_size, int(rng.integers(1, max_shapes + 1)), min_side, max_side)
+        boxes = place_boxes(rng, image_size, int(rng.integers(1, max_shapes + 1)), min_side, max_side)
         for box in boxes:
             category = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
-            polygon = _shape_polygon(category["name"], *box)
+            polygon = shape_polygon(category["name"], *box)
             color = tuple(int(c) for c in rng.integers(120, 256, size=3))
             draw.polygon(polygon, fill=color)
             xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]

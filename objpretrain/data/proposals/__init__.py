@@ -24,9 +24,9 @@ from .files import (
 from .filters import FILTER_NAMES, FilterSettings, filter_proposals, pairwise_iou
 from .inputs import parse_shard, resolve_inputs, shard_slice
 from .job import process_image, run_proposal_job
-from .summary import format_summary, merge_summaries
 from .journal import JournalMismatchError, ProposalJournal
 from .presets import BACKEND_DEFAULT_PRESET, DEFAULT_METHOD, PRESETS, ProposalRecipe, get_recipe, recipe_mismatch
+from .summary import format_summary, merge_summaries
 
 __all__ = [
     "BACKEND_DEFAULT_PRESET",

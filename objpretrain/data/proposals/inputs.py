@@ -8,7 +8,7 @@ import os
 
 from detectron2.data import DatasetCatalog
 
-from ..datasets.image_folder import image_id_for, list_images
+from ..datasets.image_folder import image_id_for, list_images, raise_for_shared_ids
 
 __all__ = ["resolve_inputs", "parse_shard", "shard_slice", "inputs_digest"]
 
@@ -34,11 +34,7 @@ def resolve_inputs(spec, root=None):
             items.append((str(d["image_id"]), d["file_name"]))
     else:
         raise FileNotFoundError(f"--images {spec!r} is neither a folder, a list file, nor a registered dataset")
-    seen = {}
-    for image_id, path in items:
-        if image_id in seen:
-            raise ValueError(f"image id {image_id!r} is used by both {seen[image_id]} and {path}")
-        seen[image_id] = path
+    raise_for_shared_ids(items, f"--images {spec}")
     return items
 
 

@@ -20,7 +20,7 @@ from .filters import filter_proposals
 from .inputs import inputs_digest, shard_slice
 from .journal import ProposalJournal
 from .presets import ProposalRecipe
-from .summary import BAD_STATUSES, format_summary, summarize
+from .summary import format_summary, summarize
 
 logger = logging.getLogger(__name__)
 

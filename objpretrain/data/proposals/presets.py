@@ -105,11 +105,14 @@ def get_recipe(method=DEFAULT_METHOD):
     return PRESETS[name]
 
 
-def recipe_mismatch(path, preset):
+def recipe_mismatch(path, preset, proposals=None):
     """None when the proposal file ``path`` records the recipe of ``preset``; else a sentence that names the fields
-    that differ, or says that the file records no recipe (not written by tools/generate_proposals.py)."""
+    that differ, or says that the file records no recipe (not written by tools/generate_proposals.py).
+    ``proposals``: the file's content (``load_proposal_file``), when the caller has read it already."""
     expected = get_recipe(preset).to_dict()
-    recorded = (load_proposal_file(path).get("metadata") or {}).get("recipe")
+    if proposals is None:
+        proposals = load_proposal_file(path)
+    recorded = (proposals.get("metadata") or {}).get("recipe")
     if recorded is None:
         return f"proposal file {path} records no recipe, so it cannot be checked against preset {preset!r}"
     differences = [f"{key} {recorded.get(key)!r} (preset: {value!r})" for key, value in expected.items()
