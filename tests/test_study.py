@@ -11,6 +11,8 @@ import pytest
 from objpretrain.data.datasets.scenes import CATEGORIES, make_scene_coco
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The study lives with the tools (tools/study); its unit tests import it from there.
+sys.path.insert(0, os.path.join(REPO, "tools"))
 
 
 def test_scenes_are_deterministic_multi_object_and_masks_match_boxes(tmp_path):
@@ -38,8 +40,8 @@ def test_scenes_are_deterministic_multi_object_and_masks_match_boxes(tmp_path):
 
 def test_scene_texture_not_colour_carries_the_class(tmp_path):
     """Objects of one class come in many colours, so colour statistics alone cannot name the class."""
-    from pycocotools.coco import COCO
     from PIL import Image
+    from pycocotools.coco import COCO
 
     json_path, root = make_scene_coco(str(tmp_path), num_images=20, image_size=96, seed=1)
     coco = COCO(json_path)
@@ -55,8 +57,8 @@ def test_scene_texture_not_colour_carries_the_class(tmp_path):
 def test_gray_scenes_have_no_colour_and_the_same_layout(tmp_path):
     """gray=True (the study's scenes): every pixel is gray, every object is drawn in the same two levels, and the
     boxes and classes are those of the colour scenes of the same seed."""
-    from pycocotools.coco import COCO
     from PIL import Image
+    from pycocotools.coco import COCO
 
     from objpretrain.data.datasets.scenes import GRAY_OBJECT_COLORS
 
@@ -103,17 +105,19 @@ def test_datasets_register_from_the_config(tmp_path):
         register_datasets_from_cfg(malformed)
 
 
-# The smoke run's arms: random init, SoCo and BYOL, so both kinds of claim (an arm against random init, SoCo against
-# BYOL) are computed. The two MoCo arms run the same stages with other configs: moco_scene goes through the whole
-# pipeline in the GPU-script test below, and every learning config builds and trains a step in
-# tests/test_pretrain_configs.py; leaving them out here saves about 70 s of the suite.
-SMOKE_ARMS = ("random_init", "soco", "byol_whole_image")
+# The smoke run's arms: random init, the supervised control and SoCo (with its three transfers), so that every kind
+# of stage runs (SSL pretraining with health, supervised pretraining, probes, conversion with --drop, fine-tuning).
+# BYOL and the MoCo arms run the same stages with other configs: moco_scene goes through the whole pipeline in the
+# GPU-script test below, and every learning config builds and trains a step in tests/test_pretrain_configs.py.
+SMOKE_ARMS = ("random_init", "supervised", "soco")
+SMOKE_TRANSFERS = ("random_init", "supervised", "soco_backbone", "soco_backbone_fpn", "soco_full")
 
 
 def _run_smoke_study(out):
-    result = subprocess.run([sys.executable, os.path.join(REPO, "tools", "run_study.py"), "--smoke", "--output", str(out),
-                             "--arms", *SMOKE_ARMS], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode == 0, f"run_study.py exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    result = subprocess.run([sys.executable, os.path.join(REPO, "tools", "run_study.py"), "--smoke", "--output",
+                             str(out), "--arms", *SMOKE_ARMS], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, (f"run_study.py exited {result.returncode}:\n{result.stdout[-3000:]}\n"
+                                    f"{result.stderr[-5000:]}")
 
 
 @pytest.mark.slow
@@ -126,53 +130,75 @@ def test_study_smoke_run_reports_every_arm(tmp_path):
     assert set(rows) == set(SMOKE_ARMS)
     for arm, row in rows.items():
         assert row["seeds"] == [0], arm
-        for metric in ("view_retrieval", "bbox_AP", "linear_probe_map", "object_probe_top1",
-                       "object_probe_128_top1"):  # random init too
-            assert np.isfinite(row[f"{metric}_mean"]), (arm, metric)
+        for metric in ("view_retrieval", "linear_probe_map", "object_probe_top1", "object_probe_128_top1"):
+            assert np.isfinite(row[f"{metric}_mean"]), (arm, metric)  # random init too
         assert 0 < row["linear_probe_map_chance"] < 100 and 0 < row["object_probe_top1_chance"] < 100, arm
         assert row["view_retrieval_chance"] == pytest.approx(100 / 8), arm
-        if arm != "random_init":  # every pretrained arm reports its health from the monitors
-            for name in ("cosine_to_mean", "spread", "res5_moved", "retrieval_monitor", "retrieval_monitor_initial"):
-                assert np.isfinite(row[f"health_{name}_mean"]), (arm, name)
-    # SoCo and BYOL against random init, SoCo against BYOL: 3 claims x 5 metrics (view retrieval, the object probe
-    # at 64 and 128 px, the image probe, box AP)
-    assert {c["verdict"] for c in summary["claims"]} == {"too few seeds"} and len(summary["claims"]) == 3 * 5
-    for name in ("loss_curves.png", "ap_per_arm.png", "health_curves.png", "results_table.md"):
+    for name in ("cosine_to_mean", "spread", "res5_moved", "retrieval_monitor", "retrieval_monitor_initial"):
+        assert np.isfinite(rows["soco"][f"health_{name}_mean"]), name  # an SSL arm reports its health
+    # every transfer arm of the smoke arms, fine-tuned on the smoke scale's labelled subset, with its AP curve
+    transfer = {(r["transfer"], r["scenes"]): r for r in summary["transfer"]}
+    assert set(transfer) == {(name, 4) for name in SMOKE_TRANSFERS}
+    # (after 4 iterations a detector may detect nothing, and COCO AP is then NaN: the record is what is checked)
+    assert all(r["seeds"] == [0] and len(r["AP_per_seed"]) == 1 for r in transfer.values())
+    with open(out / "soco_seed0" / "result.json") as f:
+        soco = json.load(f)
+    assert [len(soco["transfer"]["soco_full"]["4"]["curve"]["AP"][0])] == [2]  # evaluated at iterations 2 and 4
+    # the three SoCo transfers load what their names say
+    from objpretrain.checkpoint import load_state_dict
+    scopes = {name: {k.split(".")[1] for k in load_state_dict(str(out / "soco_seed0" / f"converted_{name}.pkl"))}
+              for name in ("soco_backbone", "soco_backbone_fpn", "soco_full")}
+    assert "box_head" in scopes["soco_full"] and "box_head" not in scopes["soco_backbone_fpn"]
+    assert any(s.startswith("fpn_") for s in scopes["soco_backbone_fpn"])
+    assert not any(s.startswith("fpn_") for s in scopes["soco_backbone"])
+    # SoCo and the control against random init, the transfers against random init and SoCo's alignment orderings:
+    # with one seed every verdict is "too few seeds"
+    claims = {(c["claim"], c["metric"]) for c in summary["claims"]}
+    assert ("soco_full > soco_backbone", "box AP, 4 labelled scenes") in claims
+    assert ("supervised > random_init", "box AP50, 4 labelled scenes") in claims
+    assert {c["verdict"] for c in summary["claims"]} == {"too few seeds"}
+    for name in ("loss_curves.png", "ap_per_arm.png", "health_curves.png", "results_table.md", "transfer_curves.png",
+                 "transfer_ap.png"):
         assert (out / name).stat().st_size > 0
-    assert "final cosine to mean" in (out / "results_table.md").read_text()
+    table = (out / "results_table.md").read_text()
+    assert "final cosine to mean" in table and "Detection transfer, 4 labelled scenes" in table
     # finished arms keep their converted weights but not the training checkpoints
-    assert not list(out.glob("*_seed0/*/model_*.pth")) and all((out / f"{arm}_seed0" / "converted.pkl").exists()
+    assert not list(out.rglob("*.pth")) and all((out / f"{arm}_seed0" / "converted.pkl").exists()
                                                 for arm in rows if arm != "random_init")
     # a second run reuses every finished arm instead of recomputing it, and restarts an unfinished one from
     # scratch (no stale files, no metrics appended to an old run's)
     before = (out / "soco_seed0" / "result.json").stat().st_mtime
-    # an arm finished before a probe existed gets that probe only, not a new finetuning
-    with open(out / "byol_whole_image_seed0" / "result.json") as f:
+    # an arm finished before a probe or a transfer existed gets that probe or transfer only
+    with open(out / "supervised_seed0" / "result.json") as f:
         old_result = json.load(f)
     old_result.pop("object_probe_top1_chance")
-    (out / "byol_whole_image_seed0" / "result.json").write_text(json.dumps(old_result))
-    finetuned = (out / "byol_whole_image_seed0" / "finetune" / "metrics.json").stat().st_mtime
-    retrieval_probed = (out / "byol_whole_image_seed0" / "view_retrieval.json").stat().st_mtime
+    del old_result["transfer"]["supervised"]
+    (out / "supervised_seed0" / "result.json").write_text(json.dumps(old_result))
+    retrieval_probed = (out / "supervised_seed0" / "view_retrieval.json").stat().st_mtime
     (out / "random_init_seed0" / "result.json").unlink()
-    (out / "random_init_seed0" / "finetune" / "stale_marker").write_text("from a killed run")
+    (out / "random_init_seed0" / "transfer_random_init_n4" / "stale_marker").write_text("from a killed run")
     _run_smoke_study(out)
     assert (out / "soco_seed0" / "result.json").stat().st_mtime == before
-    with open(out / "byol_whole_image_seed0" / "result.json") as f:
-        assert "object_probe_top1_chance" in json.load(f)
-    assert (out / "byol_whole_image_seed0" / "finetune" / "metrics.json").stat().st_mtime == finetuned
-    assert (out / "byol_whole_image_seed0" / "view_retrieval.json").stat().st_mtime == retrieval_probed
+    with open(out / "supervised_seed0" / "result.json") as f:
+        resumed = json.load(f)
+    assert "object_probe_top1_chance" in resumed and "4" in resumed["transfer"]["supervised"]
+    assert (out / "supervised_seed0" / "view_retrieval.json").stat().st_mtime == retrieval_probed
     assert (out / "random_init_seed0" / "result.json").exists()
-    assert not (out / "random_init_seed0" / "finetune" / "stale_marker").exists()
-    with open(out / "random_init_seed0" / "finetune" / "metrics.json") as f:
-        assert sum('"bbox/AP"' in line for line in f) == 1
+    assert not (out / "random_init_seed0" / "transfer_random_init_n4" / "stale_marker").exists()
+    with open(out / "random_init_seed0" / "transfer_random_init_n4" / "metrics.json") as f:
+        assert sum('"bbox/AP"' in line for line in f) == 2
 
 
 def test_summary_tests_each_claimed_ordering(tmp_path):
-    from objpretrain.study.summary import summarize
+    from study.summary import summarize
 
     def result(arm, seed, ap, probe):
-        return {"arm": arm, "seed": seed, "bbox_AP": ap, "linear_probe_map": probe, "linear_probe_map_chance": 60.0,
-                "object_probe_top1": probe / 2, "object_probe_top1_chance": 20.0}
+        transfers = {"soco": "soco_full", "byol_whole_image": "byol_whole_image", "random_init": "random_init"}
+        record = {m: ap for m in ("AP", "AP50", "AP75", "APs", "APm")}
+        record["curve"] = {"AP": [[99, 199], [ap / 2, ap]], "AP50": [[99, 199], [ap, ap]]}
+        return {"arm": arm, "seed": seed, "linear_probe_map": probe, "linear_probe_map_chance": 60.0,
+                "object_probe_top1": probe / 2, "object_probe_top1_chance": 20.0,
+                "transfer": {transfers[arm]: {"8": record}}}
 
     results = [result("soco", s, 3.0 + 0.1 * s, 70.0 + s) for s in range(3)]
     results += [result("byol_whole_image", s, 1.0 + 0.1 * s, 72.0 - s) for s in range(3)]
@@ -180,15 +206,19 @@ def test_summary_tests_each_claimed_ordering(tmp_path):
     rows, table = summarize(results, str(tmp_path))
     with open(tmp_path / "summary.json") as f:
         claims = {(c["claim"], c["metric"]): c for c in json.load(f)["claims"]}
-    assert claims[("soco > byol_whole_image", "bbox_AP")]["verdict"] == "holds"
-    assert claims[("soco > byol_whole_image", "bbox_AP")]["difference"] == pytest.approx(2.0)
+    ap = "box AP, 8 labelled scenes"
+    assert claims[("soco_full > byol_whole_image", ap)]["verdict"] == "holds"
+    assert claims[("soco_full > byol_whole_image", ap)]["difference"] == pytest.approx(2.0)
     assert claims[("soco > byol_whole_image", "linear_probe_map")]["verdict"] == "not separated"
-    assert claims[("byol_whole_image > random_init", "bbox_AP")]["verdict"] == "reversed"
+    assert claims[("byol_whole_image > random_init", ap)]["verdict"] == "reversed"
+    assert ("soco_full > soco_backbone", ap) not in claims  # a transfer that did not run is not compared
     assert claims[("soco > random_init", "object_probe_top1")]["verdict"] == "holds"
     assert not any("moco" in claim for claim, _ in claims)  # arms that did not run are not compared
     assert "image probe mAP (chance 60.0)" in table and "| soco | 3 | 35.5 ± 0.5 |" in table
     assert "view retrieval" not in table  # a metric no arm has is left out
-    assert (tmp_path / "ap_per_arm.png").stat().st_size > 0
+    assert "| soco_full | 3 | 3.1 ± 0.1 |" in table
+    for name in ("ap_per_arm.png", "transfer_curves.png", "transfer_ap.png"):
+        assert (tmp_path / name).stat().st_size > 0
 
 
 @pytest.mark.slow

@@ -42,7 +42,7 @@ def get_parser():
     parser.add_argument("--encoder", default="online", choices=("online", "target"),
                         help="which network of a two-network checkpoint to convert (default: online)")
     parser.add_argument("--drop", default="", metavar="PARTS",
-                        help=f"comma-separated parts of {DROPPABLE_PARTS} that --to d2-fpn leaves out (initialized anew "
+                        help=f"comma-separated parts of {DROPPABLE_PARTS} that --to d2-fpn leaves out (new "
                              "at fine-tuning): SoCo's alignment ablation, e.g. --drop box_head for backbone + FPN")
     parser.add_argument("--keep-weight-scale", action="store_true",
                         help="keep the pretrained norms of convs that a BatchNorm follows; by default each gets its "

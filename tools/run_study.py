@@ -1,31 +1,30 @@
 #!/usr/bin/env python
-"""A small, seeded reproduction study of the orderings SoCo and OAC claim (``make study``), with every arm's health.
+"""A small, seeded reproduction study of the orderings SoCo and OAC claim (``make study``): probes and detection
+transfer, with every arm's health.
 
-Arms, each pretrained on the same unlabelled multi-object scenes in the CPU learning regime of the demo configs
-(docs/results.md: weak augmentation, warm-up then cosine, BN heads, EMA 0.99):
+Pretraining arms, on the same unlabelled multi-object scenes (the SSL ones in the CPU learning regime of
+configs/learning/, docs/results.md):
 
 - ``random_init``: no pretraining;
+- ``supervised``: the positive control, a ResNet trained with labels to classify the objects of the same scenes;
 - ``byol_whole_image``: BYOL on two random crops of the whole image (SoCo's image-level baseline);
 - ``soco``: SoCo with FPN, the 4conv1fc box head and scale-aware assignment;
 - ``moco_scene``: MoCo-v2 with scene-scene crops (OAC's baseline);
 - ``moco_obj_obj_dilate``: MoCo-v2 with obj-obj+dilate crops and separate heads (OAC §4.1).
 
-Pretraining runs with the health monitors (objpretrain/engine/health.py): spread of the embeddings, losses beside
-their collapse values, backbone movement and view retrieval on the held-out split, against the initial weights.
-Each pretrained model is converted with tools/convert_ckpt.py (``--to d2-fpn``) and every arm, random init
-included, is measured on frozen features with tools/linear_eval.py, BatchNorm statistics re-estimated at each
-probe's resolution: view retrieval on held-out scenes (the pretext task), classification of each annotated object
-(top-1) and multi-label image classification (mAP, OAC's protocol), each beside its chance level. With
-``--finetune-iters N`` each arm is also fine-tuned as a Faster R-CNN R18-FPN (COCO AP); at 400 CPU iterations that
-AP is dominated by the batch order, so the full CPU study leaves it out. Seeds are repeated and reported as mean
-± std. Every stage is one of the project's own commands, printed before it runs; results are written as JSON, a
-Markdown table and plots (the monitors' curves included).
+Pretraining runs with the health monitors (objpretrain/engine/health.py). Each model is converted with
+tools/convert_ckpt.py and every arm, random init included, is measured two ways:
 
-Claims checked (see docs/results.md), each with Welch's t-test over seeds on every metric: every pretrained arm
-> random init; SoCo > whole-image BYOL > random init (SoCo Table 4); obj-obj+dilate > scene cropping on
-multi-object images (OAC Tables 4 to 6).
+- probes on frozen features (tools/linear_eval.py, BatchNorm re-estimated at each probe's resolution): view retrieval
+  on held-out scenes, each annotated object's class, and OAC's multi-label image probe, each beside its chance level;
+- detection transfer (tools/train_net.py, configs/transfer/): Faster R-CNN R18-FPN fine-tuned on 4 and on 8 labelled
+  scenes and evaluated with COCO AP on 128 held-out scenes; SoCo three ways (backbone, backbone + FPN, backbone + FPN
+  + box head), the other arms with their ResNet.
 
-    python tools/run_study.py --output output/study                 # the full study (about 1 h on 2 cores)
+Seeds are repeated and reported as mean ± std, with Welch's t-test of every claim (docs/results.md). Every stage is
+one of the project's own commands, printed before it runs; results are written as JSON, Markdown tables and plots.
+
+    python tools/run_study.py --output output/study                 # the full study (about 3 h on 2 cores)
     python tools/run_study.py --output output/study --seeds 0       # one seed of it
     python tools/run_study.py --output output/study_smoke --smoke   # one seed, a few iterations per arm
     python tools/run_study.py --output output/study --summarize-only  # tables and plots of what finished
@@ -35,8 +34,9 @@ import os
 import sys
 import time
 
-from objpretrain.study.pipeline import ARMS, REPO, SCALES, StudyStageError, run_study
-from objpretrain.study.summary import finished_results, summarize
+from study.pipeline import ARMS, REPO, SCALES, StudyStageError, run_study  # tools/study, beside this script
+from study.summary import finished_results, summarize
+
 from objpretrain.utils.atomic_io import atomic_write_json
 
 
@@ -47,7 +47,9 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", help="override the scale's seeds")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--pretrain-iters", type=int)
-    parser.add_argument("--finetune-iters", type=int)
+    parser.add_argument("--transfer-scenes", type=int, nargs="+",
+                        help="numbers of labelled scenes to fine-tune on (default: the scale's; each needs "
+                             "configs/transfer/faster_rcnn_r18_fpn_scenes_n<N>.yaml)")
     parser.add_argument("--device", default="cpu", help="MODEL.DEVICE of every stage, e.g. cuda")
     parser.add_argument("--workers", type=int, default=2, help="DATALOADER.NUM_WORKERS of every stage")
     parser.add_argument("--pretrain-opts", nargs="+", default=[], metavar="KEY VALUE",
@@ -65,8 +67,8 @@ def main(argv=None):
         scale["seeds"] = tuple(args.seeds)
     if args.pretrain_iters:
         scale["pretrain_iters"] = args.pretrain_iters
-    if args.finetune_iters:
-        scale["finetune_iters"] = args.finetune_iters
+    if args.transfer_scenes:
+        scale["transfer_scenes"] = tuple(args.transfer_scenes)
     out = os.path.abspath(args.output)
     if args.summarize_only:
         rows, table = summarize(finished_results(out), out)

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # The GPU version of the study (docs/results.md, "GPU run"): the CPU learning regime at batch 256 (the learning
-# configs scale their lr with the square root of the batch), the same health monitors and probes, sized for about
-# 8 minutes of one H200 with 16 CPU cores. Every arm runs in its own process at once on the one GPU (R18 at 64 px
-# leaves a GPU mostly idle, so the arms overlap); a stage still running after LIMIT seconds is stopped, and what
-# finished is summarized. Seeds run one after another.
+# configs scale their lr with the square root of the batch), the same health monitors, probes and detection transfer
+# (configs/transfer/: Faster R-CNN R18-FPN on 4 and 8 labelled scenes, every transfer arm), sized for about 12 minutes
+# of one H200 with 16 CPU cores. Every arm runs in its own process at once on the one GPU (R18 at 64-128 px leaves a
+# GPU mostly idle, so the arms overlap); an arm still running after LIMIT seconds is stopped, and what finished is
+# summarized. Seeds run one after another.
 #
-#   STUDY=/tmp/study_gpu OUT=results bash tools/run_study_gpu.sh [LIMIT seconds per seed, default 150]
+#   STUDY=/tmp/study_gpu OUT=results bash tools/run_study_gpu.sh [LIMIT seconds per seed, default 240]
 #   DEVICE=cpu SMOKE=1 STUDY=/tmp/s bash tools/run_study_gpu.sh 300   # the CPU check of this script (tests)
 #
-# Expects Detectron2 importable. Environment: SEEDS (default "0 1 2"), ARMS (default all five), BATCH (256),
-# PRETRAIN_ITERS (300), DEVICE (cuda), WORKERS (3 per arm: 5 arms x 3 = 15 of the 16 cores).
+# Expects Detectron2 importable. Environment: SEEDS (default "0 1 2"), ARMS (default all six), BATCH (256),
+# PRETRAIN_ITERS (300), DEVICE (cuda), WORKERS (2 per arm: 6 arms x 2 = 12 of the 16 cores).
 set -u
 STUDY=${STUDY:-/tmp/study_gpu}
 OUT=${OUT:-$STUDY}
-LIMIT=${1:-150}
+LIMIT=${1:-240}
 SEEDS=${SEEDS:-0 1 2}
 if [ "${SMOKE:-0}" = 1 ]; then
     SCALE=(--smoke)
@@ -21,8 +22,8 @@ if [ "${SMOKE:-0}" = 1 ]; then
 else
     SCALE=(--pretrain-iters "${PRETRAIN_ITERS:-300}" --pretrain-opts SOLVER.IMS_PER_BATCH "${BATCH:-256}")
 fi
-ARGS=(--output "$STUDY" --device "${DEVICE:-cuda}" --workers "${WORKERS:-3}" "${SCALE[@]}")
-read -r -a ARMS <<< "${ARMS:-random_init byol_whole_image soco moco_scene moco_obj_obj_dilate}"
+ARGS=(--output "$STUDY" --device "${DEVICE:-cuda}" --workers "${WORKERS:-2}" "${SCALE[@]}")
+read -r -a ARMS <<< "${ARMS:-random_init supervised byol_whole_image soco moco_scene moco_obj_obj_dilate}"
 PY=${PYTHON:-python3}
 mkdir -p "$STUDY" "$OUT"
 "$PY" tools/run_study.py "${ARGS[@]}" --prepare-only || exit 1

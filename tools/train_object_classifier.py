@@ -67,6 +67,8 @@ def train_classifier(backbone, crops, labels, epochs, lr, batch_size, seed=0):
     for epoch in range(epochs):
         correct = 0
         for batch in torch.randperm(len(crops)).split(batch_size):
+            if len(batch) < 2:  # BatchNorm cannot train on one crop (at 32 px res5 is 1 x 1): a last odd crop waits
+                continue
             logits = head(backbone(crops[batch])["res5"].mean(dim=(2, 3)))
             loss = F.cross_entropy(logits, targets[batch])
             optimizer.zero_grad()

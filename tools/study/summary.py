@@ -6,9 +6,11 @@ import os
 import numpy as np
 from scipy.stats import ttest_ind
 
-from ..utils.atomic_io import atomic_write_bytes, atomic_write_json
-from .pipeline import ARMS
-from .plots import plot_health, plot_scores
+from objpretrain.utils.atomic_io import atomic_write_bytes, atomic_write_json
+
+from .pipeline import AP_METRICS, ARMS, TRANSFERS
+from .plots import plot_health, plot_scores, plot_transfer
+
 
 def _mean_std(values):
     """Mean and sample standard deviation (0 for a single value) of the finite ``values``; None when empty."""
@@ -18,14 +20,20 @@ def _mean_std(values):
     return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
 
 
-# The metrics of the summary: result key -> its name in the tables.
+# The probe metrics of the summary: result key -> its name in the tables.
 METRICS = {"view_retrieval": "view retrieval top-1", "object_probe_top1": "object probe top-1 (64 px)",
-           "object_probe_128_top1": "object probe top-1 (128 px)", "linear_probe_map": "image probe mAP",
-           "bbox_AP": "COCO box AP"}
-# The orderings checked, (better, worse): every pretrained arm against random init (does it learn at all?), then
-# what the papers claim: SoCo Table 4 (with Table 1's BYOL baseline), OAC Tables 4-6.
+           "object_probe_128_top1": "object probe top-1 (128 px)", "linear_probe_map": "image probe mAP"}
+# The orderings checked on the probes, (better, worse): every pretrained arm against random init (does it learn at
+# all?), then what the papers claim: SoCo Table 4 (with Table 1's BYOL baseline), OAC Tables 4-6.
 CLAIMS = [(arm, "random_init") for arm in ARMS if arm != "random_init"] + [
     ("soco", "byol_whole_image"), ("moco_obj_obj_dilate", "moco_scene")]
+# The orderings checked on detection transfer (final box AP and AP50 per number of labelled scenes): every transfer
+# against random init (the supervised one is the positive control that the protocol must see), SoCo's full transfer
+# against whole-image BYOL and against its backbone alone (SoCo Tables 1, 4), OAC's cropping (Tables 5-6).
+TRANSFER_CLAIMS = [(name, "random_init") for name in TRANSFERS if name != "random_init"] + [
+    ("soco_full", "byol_whole_image"), ("soco_full", "soco_backbone"), ("soco_backbone_fpn", "soco_backbone"),
+    ("moco_obj_obj_dilate", "moco_scene")]
+TRANSFER_CLAIM_METRICS = ("AP", "AP50")
 
 
 def compare(better, worse):
@@ -52,7 +60,7 @@ def summarize(results, out):
     Each row has, for every metric of :data:`METRICS`, ``<metric>_per_seed``, ``_mean``, ``_std`` and, for the
     probes, ``_chance``; summary.json also lists every claim of :data:`CLAIMS` with its test per metric.
     """
-    metrics = [m for m in METRICS if any(r.get(m) is not None for r in results)]  # bbox_AP only when fine-tuned
+    metrics = [m for m in METRICS if any(r.get(m) is not None for r in results)]
     rows = []
     for arm in ARMS:
         arm_results = sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"])
@@ -80,12 +88,70 @@ def summarize(results, out):
                     difference, p_value = compare(*values)
                     claims.append({"claim": f"{better} > {worse}", "metric": metric, "difference": difference,
                                    "p_value": p_value, "verdict": verdict(difference, p_value)})
-    atomic_write_json(os.path.join(out, "summary.json"), {"arms": rows, "claims": claims}, indent=1)
-    table = _markdown(rows, claims, metrics)
+    transfer_rows = transfer_table_rows(results)
+    claims += transfer_claims(transfer_rows)
+    atomic_write_json(os.path.join(out, "summary.json"), {"arms": rows, "transfer": transfer_rows, "claims": claims},
+                      indent=1)
+    table = _markdown(rows, claims, metrics) + _transfer_markdown(transfer_rows)
     atomic_write_bytes(os.path.join(out, "results_table.md"), (table + "\n").encode())
     plot_scores(results, rows, out, {m: METRICS[m] for m in metrics})
     plot_health(results, out, list(ARMS))
+    plot_transfer(results, transfer_rows, out, list(TRANSFERS))
     return rows, table
+
+
+def transfer_table_rows(results):
+    """One row per transfer arm and number of labelled scenes: ``<metric>_per_seed``, ``_mean``, ``_std`` of every
+    COCO metric of :data:`AP_METRICS` after fine-tuning."""
+    rows = []
+    scenes = sorted({int(n) for r in results for per_n in r.get("transfer", {}).values() for n in per_n})
+    for n in scenes:
+        for name in TRANSFERS:
+            records = sorted(((r["seed"], r["transfer"][name][str(n)]) for r in results
+                              if str(n) in r.get("transfer", {}).get(name, {})), key=lambda x: x[0])
+            if not records:
+                continue
+            row = {"transfer": name, "scenes": n, "seeds": [seed for seed, _ in records]}
+            for metric in AP_METRICS:
+                values = [record[metric] for _, record in records]
+                row[f"{metric}_per_seed"] = values
+                row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std(values)
+            rows.append(row)
+    return rows
+
+
+def transfer_claims(transfer_rows):
+    """Every ordering of :data:`TRANSFER_CLAIMS` whose two arms ran, per number of scenes and metric."""
+    by_key = {(r["transfer"], r["scenes"]): r for r in transfer_rows}
+    claims = []
+    for n in sorted({r["scenes"] for r in transfer_rows}):
+        for better, worse in TRANSFER_CLAIMS:
+            if (better, n) in by_key and (worse, n) in by_key:
+                for metric in TRANSFER_CLAIM_METRICS:
+                    values = [[v for v in by_key[(a, n)][f"{metric}_per_seed"] if v is not None]
+                              for a in (better, worse)]
+                    difference, p_value = compare(*values)
+                    claims.append({"claim": f"{better} > {worse}", "metric": f"box {metric}, {n} labelled scenes",
+                                   "difference": difference, "p_value": p_value,
+                                   "verdict": verdict(difference, p_value)})
+    return claims
+
+
+def _transfer_markdown(transfer_rows):
+    if not transfer_rows:
+        return ""
+    lines = []
+    for n in sorted({r["scenes"] for r in transfer_rows}):
+        lines += ["", f"Detection transfer, {n} labelled scenes (final COCO box metrics):", "",
+                  "| transfer | seeds | AP, mean ± std | per seed | AP50 | AP75 | APs | APm |", "|" + " --- |" * 8]
+        for r in (r for r in transfer_rows if r["scenes"] == n):
+            per_seed = ", ".join("-" if v is None else f"{v:.1f}" for v in r["AP_per_seed"])
+            # APs / APm are NaN where the held-out scenes have no object of that size: n/a
+            cells = ["n/a" if r[f"{m}_mean"] is None else f"{r[f'{m}_mean']:.1f} ± {r[f'{m}_std']:.1f}"
+                     for m in AP_METRICS]
+            lines.append(f"| {r['transfer']} | {len(r['seeds'])} | {cells[0]} | {per_seed} | " + " | ".join(cells[1:])
+                         + " |")
+    return "\n".join(lines)
 
 
 # Health values of the summary: name -> how to read it from an arm's health_summary.json (None when absent).
@@ -130,7 +196,7 @@ def _markdown(rows, claims, metrics):
     for r in rows:
         cells = [r["arm"], str(len(r["seeds"]))]
         for metric in metrics:
-            cells += cell(r, metric, 2 if metric == "bbox_AP" else 1)
+            cells += cell(r, metric, 1)
         lines.append("| " + " | ".join(cells) + " |")
     health_rows = [r for r in rows if "health_cosine_to_mean_mean" in r]
     if health_rows:
@@ -147,8 +213,8 @@ def _markdown(rows, claims, metrics):
                   "| --- | --- | --- | --- | --- |"]
         for c in claims:
             p_value = "n/a" if c["p_value"] is None else f"{c['p_value']:.3f}"
-            lines.append(f"| {c['claim']} | {METRICS[c['metric']]} | {c['difference']:+.2f} | {p_value} | "
-                         f"{c['verdict']} |")
+            lines.append(f"| {c['claim']} | {METRICS.get(c['metric'], c['metric'])} | {c['difference']:+.2f} | "
+                         f"{p_value} | {c['verdict']} |")
     return "\n".join(lines)
 
 

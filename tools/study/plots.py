@@ -58,7 +58,8 @@ HEALTH_PANELS = [
 
 
 def plot_health(results, out, arms):
-    """health_curves.png: the monitors of every pretrained arm and seed over the iterations (colours in ``arms`` order)."""
+    """health_curves.png: the monitors of every pretrained arm and seed over the iterations (colours in ``arms``
+    order)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,4 +88,55 @@ def plot_health(results, out, arms):
     axes[-1].text(0.02, 0.02, "dotted: initial weights", transform=axes[-1].transAxes, fontsize=6)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "health_curves.png"), dpi=120)
+    plt.close(fig)
+
+
+def plot_transfer(results, transfer_rows, out, names):
+    """transfer_curves.png (box AP over the fine-tuning iterations, mean ± std over seeds, a panel per number of
+    labelled scenes: how fast each init converges) and transfer_ap.png (final box AP per transfer arm, every seed a
+    dot). ``names``: the transfer arms in plotting order."""
+    if not transfer_rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenes = sorted({r["scenes"] for r in transfer_rows})
+    colours = {name: f"C{i}" for i, name in enumerate(names)}
+    fig, axes = plt.subplots(1, len(scenes), figsize=(6 * len(scenes), 4.5), squeeze=False)
+    for ax, n in zip(axes[0], scenes):
+        for name in names:
+            curves = [r["transfer"][name][str(n)]["curve"]["AP"] for r in results
+                      if str(n) in r.get("transfer", {}).get(name, {})]
+            if not curves:
+                continue
+            length = min(len(c[0]) for c in curves)
+            iters = np.asarray(curves[0][0][:length]) + 1
+            values = np.asarray([c[1][:length] for c in curves], dtype=float)
+            mean, std = values.mean(axis=0), values.std(axis=0)
+            ax.plot(iters, mean, marker="o", markersize=3, color=colours[name], label=f"{name} ({len(curves)})")
+            ax.fill_between(iters, mean - std, mean + std, color=colours[name], alpha=0.12)
+        ax.set_title(f"{n} labelled scenes: box AP during fine-tuning (mean ± std over seeds)", fontsize=9)
+        ax.set_xlabel("fine-tuning iteration")
+        ax.set_ylabel("COCO box AP")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "transfer_curves.png"), dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(scenes), figsize=(6 * len(scenes), 4), squeeze=False)
+    for ax, n in zip(axes[0], scenes):
+        rows = [r for r in transfer_rows if r["scenes"] == n]
+        # None: no finite AP (a detector with no detection after a smoke run's few iterations)
+        ax.bar([r["transfer"] for r in rows], [np.nan if r["AP_mean"] is None else r["AP_mean"] for r in rows],
+               yerr=[0.0 if r["AP_std"] is None else r["AP_std"] for r in rows], capsize=4,
+               color=[colours[r["transfer"]] for r in rows])
+        for i, r in enumerate(rows):
+            seeds = [v for v in r["AP_per_seed"] if v is not None and np.isfinite(v)]
+            ax.plot([i] * len(seeds), seeds, "k.", markersize=4)
+        ax.set_title(f"{n} labelled scenes: final box AP (mean ± std, seeds as dots)", fontsize=9)
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "transfer_ap.png"), dpi=120)
     plt.close(fig)
