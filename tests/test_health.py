@@ -59,6 +59,20 @@ def test_info_nce_collapse_value_is_the_loss_of_equal_embeddings():
     assert float(loss) == pytest.approx(info_nce_collapse_loss(31)) == pytest.approx(math.log(32))
 
 
+def test_effective_rank_counts_the_directions_features_fill():
+    """RankMe: about D for isotropic rows, 1 for rows on a line; a dimensional collapse to k directions gives about k
+    while every row keeps its spread."""
+    from objpretrain.modeling.health import effective_rank
+
+    generator = torch.Generator().manual_seed(0)
+    isotropic = torch.randn(2048, 16, generator=generator)
+    assert 14 < effective_rank(isotropic) <= 16
+    assert effective_rank(torch.randn(64, 1, generator=generator) * torch.randn(1, 16, generator=generator)) < 1.01
+    collapsed = torch.randn(2048, 3, generator=generator) @ torch.randn(3, 16, generator=generator)
+    assert 1.5 < effective_rank(collapsed) < 3.01
+    assert embedding_spread(collapsed)[0] > 0.5  # the spread monitor does not see it
+
+
 def test_health_record_detaches_its_embeddings():
     x = torch.randn(4, 3, requires_grad=True)
     record = HealthRecord(embeddings={"projector": x * 2})
@@ -287,12 +301,16 @@ def test_hook_measures_retrieval_at_start_and_every_period(tmp_path, scene_files
         latest = storage.latest()
     assert latest["health/view_retrieval_initial"][0] == hook.initial_retrieval
     assert latest["health/view_retrieval"][0] == pytest.approx(hook.initial_retrieval)  # weights unchanged
-    assert hook.state_dict() == {"initial_retrieval": hook.initial_retrieval}
+    assert 1 <= hook.initial_rank <= 2 * 12  # 12 images, two views each
+    assert latest["health/feature_rank_initial"][0] == hook.initial_rank
+    assert latest["health/feature_rank"][0] == pytest.approx(hook.initial_rank)
+    assert hook.state_dict() == {"initial_retrieval": hook.initial_retrieval, "initial_rank": hook.initial_rank}
     hook.after_train()
     with open(tmp_path / "health_summary.json") as f:
         summary = json.load(f)
     assert summary["view_retrieval_dataset"] == name and summary["view_retrieval_chance"] == pytest.approx(1 / 12)
     line = format_summary(summary)
     assert f"view retrieval on {name}" in line and "initial weights" in line and "move_stem_since_start" in line
+    assert "effective rank of the image features" in line
     assert "loss_x 0.75 x its collapse value 2.000" in format_summary({"loss_x_over_collapse": 0.75,
                                                                          "loss_x_collapse_value": 2.0})

@@ -18,7 +18,10 @@ storage (so metrics.json and TensorBoard), for the model's last step (``model.he
 - ``health/online_target_distance``: ``||theta_online - theta_target|| / ||theta_target||`` over the backbone;
 - every ``RETRIEVAL_PERIOD`` iterations, ``health/view_retrieval`` (objpretrain.evaluation.view_retrieval) on a
   fixed set of images, beside ``health/view_retrieval_initial``, the initial weights' score measured at
-  iteration 0.
+  iteration 0; and, from the same features, ``health/feature_rank`` beside ``health/feature_rank_initial``: the
+  effective rank (RankMe) of the image features of both views, which falls under dimensional collapse, where the
+  features keep their spread but fill few directions (docs/results.md, "Detection transfer": SoCo's features at 3
+  to 6 effective dimensions against 100 for random init, a pretrained FPN that fine-tuning could not recover).
 
 A warning names the monitor and the iteration when an embedding stays collapsed (cosine to the mean at least
 ``COLLAPSE_COSINE``) or a backbone stage stays still (moved less than ``MIN_MOVEMENT`` in a period) for
@@ -37,9 +40,9 @@ from detectron2.data import DatasetCatalog
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from ..evaluation.view_retrieval import make_retrieval_views, view_retrieval
+from ..evaluation.view_retrieval import embed_views, make_retrieval_views, retrieval_top1
 from ..modeling.contract import PretrainingModel
-from ..modeling.health import embedding_spread
+from ..modeling.health import effective_rank, embedding_spread
 from ..utils.atomic_io import atomic_write, atomic_write_json
 from .momentum import unwrap_model
 
@@ -98,6 +101,7 @@ class HealthMonitorHook(HookBase):
         self.cfg = cfg
         self.output_dir = cfg.OUTPUT_DIR
         self.initial_retrieval = None
+        self.initial_rank = None
         self.latest = {}
         self._unhealthy_periods = {}
         self._views = None
@@ -129,7 +133,7 @@ class HealthMonitorHook(HookBase):
             self._views = self._build_retrieval_views()
             if self.initial_retrieval is None:
                 # Measured before any step (or, for a run resumed without it, now: logged as such).
-                self.initial_retrieval = self._retrieval()
+                self.initial_retrieval, self.initial_rank = self._retrieval()
                 logger.info("Health: view retrieval of the weights at iteration %d: %.1f %% (chance %.1f %%)",
                             self.trainer.iter, 100 * self.initial_retrieval, 100 * self._views.chance)
 
@@ -154,9 +158,11 @@ class HealthMonitorHook(HookBase):
         return views
 
     def _retrieval(self):
+        """(view-retrieval top-1, effective rank of the features of both views) of the current weights."""
         model = self._model()
-        return view_retrieval(model, lambda m, x: m.image_features(x), self._views, model.normalize,
-                              device=model.device)
+        features = embed_views(model, lambda m, x: m.image_features(x), self._views, model.normalize,
+                               device=model.device)
+        return retrieval_top1(*features), effective_rank(torch.cat(features))
 
     # ---------------------------------------------------------------- every period
     def after_step(self):
@@ -165,10 +171,12 @@ class HealthMonitorHook(HookBase):
             self._measure(iteration)
         if (self._views is not None and (iteration % self.retrieval_period == 0
                                          or iteration == self.trainer.max_iter)):
-            self.latest["view_retrieval"] = self._retrieval()
+            self.latest["view_retrieval"], self.latest["feature_rank"] = self._retrieval()
             self.latest["view_retrieval_initial"] = self.initial_retrieval
+            self.latest["feature_rank_initial"] = self.initial_rank
             self.trainer.storage.put_scalars(**{f"health/{k}": self.latest[k] for k in
-                                                ("view_retrieval", "view_retrieval_initial")},
+                                                ("view_retrieval", "view_retrieval_initial", "feature_rank",
+                                                 "feature_rank_initial") if self.latest[k] is not None},
                                              smoothing_hint=False)
 
     def _measure(self, iteration):
@@ -241,10 +249,11 @@ class HealthMonitorHook(HookBase):
             logger.info("Health summary: %s", format_summary(summary))
 
     def state_dict(self):
-        return {"initial_retrieval": self.initial_retrieval}
+        return {"initial_retrieval": self.initial_retrieval, "initial_rank": self.initial_rank}
 
     def load_state_dict(self, state_dict):
         self.initial_retrieval = state_dict.get("initial_retrieval")
+        self.initial_rank = state_dict.get("initial_rank")
 
 
 def format_summary(summary):
@@ -261,4 +270,7 @@ def format_summary(summary):
                      f"{100 * summary['view_retrieval']:.1f} % (initial weights "
                      f"{100 * summary['view_retrieval_initial']:.1f} %, chance "
                      f"{100 * summary.get('view_retrieval_chance', 0):.1f} %)")
+    if summary.get("feature_rank") is not None and summary.get("feature_rank_initial") is not None:
+        parts.append(f"effective rank of the image features {summary['feature_rank']:.1f} (initial weights "
+                     f"{summary['feature_rank_initial']:.1f})")
     return ", ".join(parts)

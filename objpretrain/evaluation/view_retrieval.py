@@ -106,8 +106,8 @@ def retrieval_top1(features1, features2):
 
 
 @torch.no_grad()
-def view_retrieval(module, embed, views, normalize, batch_size=128, device="cpu"):
-    """View-retrieval top-1 of ``embed(copy_of_module, normalized images) -> (N, C)`` on ``views``.
+def embed_views(module, embed, views, normalize, batch_size=128, device="cpu"):
+    """``(features of view1, features of view2)``, each (N, C), of ``embed(copy_of_module, normalized images)``.
 
     ``module`` is not changed: a copy has its BatchNorm statistics re-estimated on the views (module docstring).
     ``normalize`` maps uint8 (N, 3, S, S) views to the network's float input on ``device``.
@@ -115,6 +115,11 @@ def view_retrieval(module, embed, views, normalize, batch_size=128, device="cpu"
     network = copy.deepcopy(module).to(device)
     chunks = [chunk for view in (views.view1, views.view2) for chunk in view.split(batch_size)]
     reestimate_batchnorm(network, [lambda chunk=chunk: embed(network, normalize(chunk.to(device))) for chunk in chunks])
-    features = [torch.cat([embed(network, normalize(chunk.to(device))) for chunk in view.split(batch_size)])
-                for view in (views.view1, views.view2)]
-    return retrieval_top1(*features)
+    return tuple(torch.cat([embed(network, normalize(chunk.to(device))) for chunk in view.split(batch_size)])
+                 for view in (views.view1, views.view2))
+
+
+def view_retrieval(module, embed, views, normalize, batch_size=128, device="cpu"):
+    """View-retrieval top-1 of ``embed(copy_of_module, normalized images) -> (N, C)`` on ``views``
+    (:func:`embed_views`)."""
+    return retrieval_top1(*embed_views(module, embed, views, normalize, batch_size, device))

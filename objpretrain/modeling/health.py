@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-__all__ = ["HealthRecord", "byol_collapse_loss", "embedding_spread", "info_nce_collapse_loss"]
+__all__ = ["HealthRecord", "byol_collapse_loss", "effective_rank", "embedding_spread", "info_nce_collapse_loss"]
 
 
 @dataclass
@@ -40,6 +40,17 @@ def embedding_spread(embeddings):
     spread = float(z.std(dim=0).mean() * math.sqrt(z.shape[1])) if z.shape[0] > 1 else 0.0
     cosine = float((z @ F.normalize(z.mean(dim=0), dim=0)).mean())
     return spread, cosine
+
+
+@torch.no_grad()
+def effective_rank(features):
+    """RankMe (Garrido et al., ICML 2023) of (N, D) ``features``: exp of the entropy of their normalized singular
+    values, between 1 (every row on one line) and min(N, D). Dimensional collapse (Jing et al., ICLR 2022) leaves
+    rows spread on the sphere (:func:`embedding_spread` sees nothing) but in a few directions, which RankMe shows; a
+    random network's features already fill many directions, so it is read against the initial weights'."""
+    singular = torch.linalg.svdvals(features.detach().double().flatten(1))
+    p = singular / singular.sum().clamp(min=1e-30) + 1e-12
+    return float(torch.exp(-(p * p.log()).sum()))
 
 
 @torch.no_grad()

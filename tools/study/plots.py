@@ -54,6 +54,7 @@ HEALTH_PANELS = [
                                    "health/loss_v1_v2_over_collapse"), "ratio"),
     ("res5 weights moved since iteration 0", ("health/move_res5_since_start",), "relative change"),
     ("view retrieval on held-out scenes", ("health/view_retrieval",), "top-1"),
+    ("effective rank of the image features (RankMe)", ("health/feature_rank",), "effective rank"),
 ]
 
 
@@ -78,8 +79,8 @@ def plot_health(results, out, arms):
             iters, values = r["health_curves"][key]
             ax.plot(iters, values, color=colours[r["arm"]], alpha=0.8,
                     label=r["arm"] if r["seed"] == min(c["seed"] for c in curves) else None)
-            if key == "health/view_retrieval" and "health/view_retrieval_initial" in r["health_curves"]:
-                ax.axhline(r["health_curves"]["health/view_retrieval_initial"][1][0], color=colours[r["arm"]],
+            if key + "_initial" in r["health_curves"]:  # the initial weights' value, dotted
+                ax.axhline(r["health_curves"][key + "_initial"][1][0], color=colours[r["arm"]],
                            linestyle=":", alpha=0.6)
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("iteration")
@@ -112,7 +113,10 @@ def plot_transfer(results, transfer_rows, out, names):
             if not curves:
                 continue
             length = min(len(c[0]) for c in curves)
-            iters = np.asarray(curves[0][0][:length]) + 1
+            # Iterations done: a periodic evaluation is logged at its last iteration's index (99 for 100 done), the
+            # final one after the loop (at MAX_ITER)
+            logged = np.asarray(curves[0][0][:length])
+            iters = np.minimum(logged + 1, logged[-1])
             values = np.asarray([c[1][:length] for c in curves], dtype=float)
             mean, std = values.mean(axis=0), values.std(axis=0)
             ax.plot(iters, mean, marker="o", markersize=3, color=colours[name], label=f"{name} ({len(curves)})")

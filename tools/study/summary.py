@@ -165,6 +165,8 @@ HEALTH_COLUMNS = {
     "retrieval_monitor": lambda h: None if h.get("view_retrieval") is None else 100 * h["view_retrieval"],
     "retrieval_monitor_initial": lambda h: (None if h.get("view_retrieval_initial") is None
                                             else 100 * h["view_retrieval_initial"]),
+    "feature_rank": lambda h: h.get("feature_rank"),
+    "feature_rank_initial": lambda h: h.get("feature_rank_initial"),
 }
 
 
@@ -201,7 +203,8 @@ def _markdown(rows, claims, metrics):
     health_rows = [r for r in rows if "health_cosine_to_mean_mean" in r]
     if health_rows:
         lines += ["", "| arm | final cosine to mean | final spread | loss / collapse value | res5 moved | stem moved "
-                  "| view retrieval (monitor) | same, initial weights |", "|" + " --- |" * 8]
+                  "| view retrieval (monitor) | same, initial weights | feature effective rank | same, initial "
+                  "weights |", "|" + " --- |" * 10]
         for r in health_rows:
             values = []
             for name in HEALTH_COLUMNS:
