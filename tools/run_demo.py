@@ -1,13 +1,21 @@
 #!/usr/bin/env python
-"""`make demo`: the whole objpretrain chain on the bundled demo data, on CPU, in minutes.
+"""`make demo`: the objpretrain chain end to end on a CPU in about 10 minutes, ending on a working detector.
 
-Stages: demo data -> selective-search proposals -> SoCo pretraining (R18-FPN, 64-px views, the CPU learning
-regime of configs/learning/, with the health monitors and view retrieval on its 50 training images: the 7
-held-out tree tiles are too few for it) -> conversion
-to a Detectron2 checkpoint -> Faster R-CNN fine-tuning on the tree tiles -> COCO evaluation. Each stage is an
-ordinary command a user could type; they are printed before they run. Outputs go under ``--output``. The demo
-ends with the pretraining's health: final embedding spread, backbone movement, and view retrieval against the
-initial weights (docs/pretraining.md, "Health monitors").
+Stages, each one of the project's own commands (written at the top of its log, so it can be rerun):
+
+1. data: the study's procedural scenes (objpretrain/data/datasets/scenes.py: 1024 unlabelled scenes for
+   pretraining, labelled ones for fine-tuning, 128 held out) and selective-search proposals for the unlabelled ones
+   (``tools/run_study.py --prepare-only``);
+2. SoCo pretraining of an R18-FPN (configs/learning/soco_r18_fpn.yaml, 200 iterations at batch 32) with the health
+   monitors and view retrieval on the held-out scenes;
+3. conversion to a Detectron2 checkpoint (tools/convert_ckpt.py, the transfer docs/results.md found best);
+4. Faster R-CNN R18-FPN fine-tuning on 8 labelled scenes and COCO evaluation on the held-out ones, from the SoCo
+   weights (configs/transfer/faster_rcnn_r18_fpn_scenes_n8.yaml, the study's recipe);
+5. the same fine-tuning from random init, beside it.
+
+It ends with both detectors' box AP / AP50 and the pretraining's health (embedding spread, loss beside its collapse
+value, backbone movement, view retrieval against the initial weights). One line per stage on the terminal; the full
+output of every stage goes to its log under ``--output``.
 """
 import argparse
 import json
@@ -20,92 +28,88 @@ import time
 from objpretrain.engine.health import format_summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The SoCo transfer of the demo: the one the study found best (docs/results.md, "Detection transfer").
+TRANSFER = ("--to", "d2-fpn", "--drop", "fpn,box_head")
+FINETUNE_CONFIG = "configs/transfer/faster_rcnn_r18_fpn_scenes_n8.yaml"
 
 
-def run(cmd, log):
-    print("\n$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+def run(step, title, cmd, log):
+    """Runs ``cmd`` from the checkout with its output in ``log``; prints one line; exits with the log's tail on
+    failure."""
+    print(f"[{step}] {title} ...", end=" ", flush=True)
     start = time.time()
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            f.write(line)
-            sys.stdout.write("    " + line)
-        proc.wait()
-    if proc.returncode != 0:
-        sys.exit(f"demo stage failed (exit {proc.returncode}); full log: {log}")
-    print(f"    [{time.time() - start:.0f} s, log: {log}]", flush=True)
+        f.write("$ " + " ".join(shlex.quote(str(c)) for c in cmd) + "\n\n")
+        f.flush()
+        returncode = subprocess.run([str(c) for c in cmd], cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
+    if returncode != 0:
+        with open(log) as f:
+            tail = f.read()[-2500:]
+        print(f"failed (exit {returncode}); log: {log}")
+        sys.exit(f"{tail}\ndemo stage '{title}' failed; full log: {log}")
+    print(f"{time.time() - start:.0f} s; log: {log}", flush=True)
 
 
-def metric_values(metrics_json, key):
-    """Every logged value of ``key`` in a Detectron2 metrics.json (one JSON record per line)."""
-    values = []
-    if os.path.exists(metrics_json):
-        with open(metrics_json) as f:
-            for line in f:
-                record = json.loads(line)
-                if key in record:
-                    values.append(record[key])
-    return values
+def final_metrics(metrics_json):
+    """The last logged box AP and AP50 of a Detectron2 metrics.json."""
+    last = {}
+    with open(metrics_json) as f:
+        for line in f:
+            record = json.loads(line)
+            last.update({k: v for k, v in record.items() if k in ("bbox/AP", "bbox/AP50")})
+    return last.get("bbox/AP", float("nan")), last.get("bbox/AP50", float("nan"))
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=os.path.join(REPO, "output", "demo"))
     parser.add_argument("--pretrain-iters", type=int, default=200)
-    parser.add_argument("--finetune-iters", type=int, default=400)
+    parser.add_argument("--finetune-opts", nargs="*", default=[], metavar="KEY VALUE",
+                        help="overrides of both fine-tunings (e.g. SOLVER.MAX_ITER 20 for a quick check)")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out = os.path.abspath(args.output)
     os.makedirs(out, exist_ok=True)
     py = sys.executable
     start = time.time()
-    outputs = {}
+    data = os.path.join(out, "data")
 
-    run([py, "datasets/prepare_demo.py"], os.path.join(out, "prepare_demo.log"))
-    outputs["demo data"] = os.path.join(REPO, "datasets", "demo")
-
-    proposals = os.path.join(out, "proposals_demo_unlabeled.pkl")
-    run([py, "tools/generate_proposals.py", "--images", "demo_unlabeled", "--output", proposals],
-        os.path.join(out, "proposals.log"))
-    outputs["proposals"] = proposals
+    run("1/5", "data: scenes and their proposals", [py, "tools/run_study.py", "--output", out, "--prepare-only"],
+        os.path.join(out, "data.log"))
+    registrations = [
+        "--register-coco", f"study_train_n8:{data}/train/annotations_n8.json:{data}/train/images",
+        "--register-coco", f"study_val:{data}/val/annotations.json:{data}/val/images"]
 
     pretrain_dir = os.path.join(out, "pretrain")
-    run([py, "tools/pretrain_net.py", "--config-file", "configs/learning/soco_r18_fpn.yaml",
-         "DATASETS.PROPOSAL_FILES_TRAIN", f"('{proposals}',)", "SOLVER.MAX_ITER", str(args.pretrain_iters),
-         "SOLVER.CHECKPOINT_PERIOD", "50", "OBJPRETRAIN.HEALTH.RETRIEVAL_DATASET", "demo_unlabeled",
-         "OUTPUT_DIR", pretrain_dir], os.path.join(out, "pretrain.log"))
-    outputs["pretraining checkpoint"] = os.path.join(pretrain_dir, "model_final.pth")
-    outputs["pretraining metrics"] = os.path.join(pretrain_dir, "metrics.json")
-    outputs["pretraining health"] = os.path.join(pretrain_dir, "health_summary.json")
+    run("2/5", f"SoCo pretraining, {args.pretrain_iters} iterations",
+        [py, "tools/pretrain_net.py", "--config-file", "configs/learning/soco_r18_fpn.yaml",
+         "DATASETS.IMAGE_FOLDER_REGISTER", f"('demo_scenes:{data}/pretrain/images',)",
+         "DATASETS.COCO_JSON_REGISTER", f"('study_val:{data}/val/annotations.json:{data}/val/images',)",
+         "DATASETS.TRAIN", "('demo_scenes',)", "DATASETS.PROPOSAL_FILES_TRAIN", f"('{data}/proposals.pkl',)",
+         "SOLVER.MAX_ITER", args.pretrain_iters, "SOLVER.CHECKPOINT_PERIOD", 100000,
+         "OBJPRETRAIN.HEALTH.RETRIEVAL_DATASET", "study_val", "SEED", args.seed, "OUTPUT_DIR", pretrain_dir],
+        os.path.join(out, "pretrain.log"))
 
-    converted = os.path.join(out, "soco_r18_fpn_demo_d2.pkl")
-    run([py, "tools/convert_ckpt.py", outputs["pretraining checkpoint"], converted, "--to", "d2-fpn"],
+    converted = os.path.join(out, "soco_r18_fpn.pkl")
+    run("3/5", "conversion to a Detectron2 checkpoint",
+        [py, "tools/convert_ckpt.py", os.path.join(pretrain_dir, "model_final.pth"), converted, *TRANSFER],
         os.path.join(out, "convert.log"))
-    outputs["converted checkpoint"] = converted
 
-    finetune_dir = os.path.join(out, "finetune")
-    iters = args.finetune_iters
-    # The lr drops at 2/3 and 8/9 of training, as in the paper protocol (SoCo §4.2), whatever the length.
-    steps = f"({iters * 2 // 3}, {iters * 8 // 9})"
-    run([py, "tools/train_net.py", "--config-file", "configs/demo/finetune_trees_r18_fpn.yaml",
-         "MODEL.WEIGHTS", converted, "SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", steps,
-         "SOLVER.WARMUP_ITERS", str(min(50, iters // 3)), "SOLVER.CHECKPOINT_PERIOD", str(iters),
-         "OUTPUT_DIR", finetune_dir],
-        os.path.join(out, "finetune.log"))
-    outputs["fine-tuned detector"] = os.path.join(finetune_dir, "model_final.pth")
-    outputs["COCO evaluation"] = os.path.join(finetune_dir, "inference")
+    detectors = {}
+    for step, (name, weights) in (("4/5", ("SoCo", converted)), ("5/5", ("random init", ""))):
+        finetune_dir = os.path.join(out, "finetune_" + ("soco" if weights else "random_init"))
+        run(step, f"Faster R-CNN fine-tuning on 8 labelled scenes from {name}",
+            [py, "tools/train_net.py", "--config-file", FINETUNE_CONFIG, *registrations, "MODEL.WEIGHTS", weights,
+             "SEED", args.seed, "OUTPUT_DIR", finetune_dir, *args.finetune_opts],
+            os.path.join(out, os.path.basename(finetune_dir) + ".log"))
+        detectors[name] = final_metrics(os.path.join(finetune_dir, "metrics.json"))
 
-    print(f"\nobjpretrain demo finished in {time.time() - start:.0f} s. Outputs:")
-    for name, path in outputs.items():
-        print(f"  {name:24s} {path}")
-    losses = metric_values(outputs["pretraining metrics"], "total_loss")
-    if losses:
-        print(f"pretraining loss: {losses[0]:.3f} (first log) -> {losses[-1]:.3f} (last log)")
-    if os.path.exists(outputs["pretraining health"]):
-        with open(outputs["pretraining health"]) as f:
-            print("pretraining health: " + format_summary(json.load(f)))
-    ap = metric_values(os.path.join(finetune_dir, "metrics.json"), "bbox/AP")
-    if ap:
-        print(f"tree detection on demo_trees_val: COCO box AP {ap[-1]:.1f}")
+    print(f"\nobjpretrain demo finished in {(time.time() - start) / 60:.1f} min; outputs under {out}")
+    with open(os.path.join(pretrain_dir, "health_summary.json")) as f:
+        print("pretraining health: " + format_summary(json.load(f)))
+    for name, (ap, ap50) in detectors.items():
+        print(f"detector fine-tuned from {name:11s} on 8 labelled scenes: box AP {ap:.1f}, AP50 {ap50:.1f} "
+              "(128 held-out scenes)")
 
 
 if __name__ == "__main__":
