@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from objpretrain.data.datasets.scenes import CATEGORIES, make_scene_coco
 
@@ -110,7 +111,8 @@ def test_datasets_register_from_the_config(tmp_path):
 # BYOL and the MoCo arms run the same stages with other configs: moco_scene goes through the whole pipeline in the
 # GPU-script test below, and every learning config builds and trains a step in tests/test_pretrain_configs.py.
 SMOKE_ARMS = ("random_init", "supervised", "soco")
-SMOKE_TRANSFERS = ("random_init", "supervised", "soco_backbone", "soco_backbone_fpn", "soco_full")
+SMOKE_TRANSFERS = ("random_init", "supervised", "soco_backbone", "soco_backbone_fpn", "soco_full",
+                   "soco_backbone_pretrained_scale")
 
 
 def _run_smoke_study(out):
@@ -151,6 +153,14 @@ def test_study_smoke_run_reports_every_arm(tmp_path):
     assert "box_head" in scopes["soco_full"] and "box_head" not in scopes["soco_backbone_fpn"]
     assert any(s.startswith("fpn_") for s in scopes["soco_backbone_fpn"])
     assert not any(s.startswith("fpn_") for s in scopes["soco_backbone"])
+    # the weight-scale control keeps the pretrained stem; the study's conversions restore the initializer's norm
+    from objpretrain.checkpoint.weight_scale import initializer_norm
+    stem = "backbone.bottom_up.stem.conv1.weight"
+    stems = {name: np.asarray(load_state_dict(str(out / "soco_seed0" / f"converted_{name}.pkl"))[stem])
+             for name in ("soco_backbone", "soco_backbone_pretrained_scale")}
+    assert np.linalg.norm(stems["soco_backbone"]) == pytest.approx(initializer_norm(stem, stems["soco_backbone"]),
+                                                                   rel=1e-4)
+    assert not np.array_equal(stems["soco_backbone"], stems["soco_backbone_pretrained_scale"])
     # SoCo and the control against random init, the transfers against random init and SoCo's alignment orderings:
     # with one seed every verdict is "too few seeds"
     claims = {(c["claim"], c["metric"]) for c in summary["claims"]}
@@ -238,3 +248,32 @@ def test_gpu_study_script_runs_its_arms_in_parallel_at_a_tiny_size_on_cpu(tmp_pa
     assert all(np.isfinite(r["health_spread_mean"]) for arm, r in rows.items() if arm != "random_init")
     assert (tmp_path / "out" / "study_gpu_runs.tgz").stat().st_size > 0
     assert (tmp_path / "out" / "health_curves.png").stat().st_size > 0
+
+
+def test_feature_ranks_reads_every_stage_and_level_and_sees_a_collapsed_fpn(tmp_path):
+    """tools/study/feature_ranks.py on a few scenes: one effective rank per ResNet stage and FPN level, within
+    [1, number of images]; an FPN whose output convs are made rank one (every output channel the same filter) is
+    read as collapsed there, and the ResNet stages below it are unchanged."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+    from study.feature_ranks import CONFIG, feature_ranks, read_images
+
+    from objpretrain.engine.defaults import build_config
+
+    _, root = make_scene_coco(str(tmp_path / "scenes"), num_images=12, image_size=64, seed=2)
+    images = read_images(root, limit=12)
+    cfg = build_config(CONFIG, ["MODEL.DEVICE", "cpu"])
+    random = feature_ranks(cfg, "random", images)
+    assert set(random) == {"res2", "res3", "res4", "res5", "p2", "p3", "p4", "p5", "p6"}
+    assert all(1.0 <= r <= 12.0 for r in random.values())
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():
+        for name, module in model.backbone.named_modules():
+            if name.startswith("fpn_output"):
+                module.weight.copy_(module.weight[:1].expand_as(module.weight))
+    collapsed_path = str(tmp_path / "collapsed.pth")
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("collapsed")
+    collapsed = feature_ranks(cfg, collapsed_path, images)
+    assert all(collapsed[k] == pytest.approx(random[k], rel=1e-5) for k in ("res2", "res3", "res4", "res5"))
+    assert all(collapsed[f"p{i}"] < 1.5 < random[f"p{i}"] for i in (2, 3, 4, 5))

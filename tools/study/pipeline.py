@@ -60,6 +60,9 @@ TRANSFERS = {
     "soco_backbone": ("soco", ("--to", "d2-fpn", "--drop", "fpn,box_head")),
     "soco_backbone_fpn": ("soco", ("--to", "d2-fpn", "--drop", "box_head")),
     "soco_full": ("soco", ("--to", "d2-fpn")),
+    # The control of the weight-scale defect (docs/results.md, "Detection transfer"): the SoCo backbone with the
+    # pretrained weight scale kept, as the official converter loads it.
+    "soco_backbone_pretrained_scale": ("soco", ("--to", "d2-fpn", "--drop", "fpn,box_head", "--keep-weight-scale")),
 }
 # The fine-tuning recipe per number of labelled scenes (docs/results.md, "Detection transfer"): one config each, the
 # same for every arm.
@@ -218,8 +221,12 @@ def run_arm(arm, seed, out, data, scale, py, keep_checkpoints=False, device="cpu
     result = {"arm": arm, "seed": seed, "seconds": {}}
     if ARMS[arm] is not None:
         pretrain(arm, seed, arm_dir, result, out, data, scale, py, device, workers, pretrain_opts)
+        # The weights exactly as pretrained (--keep-weight-scale): the probes re-estimate BatchNorm, so the scale
+        # does not change what they read, and each transfer's conversion from this file restores the initializer's
+        # scale or, for the control, keeps it.
         run([py, "tools/convert_ckpt.py", os.path.join(arm_dir, "pretrain", "model_final.pth"),
-             os.path.join(arm_dir, "converted.pkl"), "--to", "d2-fpn"], os.path.join(arm_dir, "convert.log"))
+             os.path.join(arm_dir, "converted.pkl"), "--to", "d2-fpn", "--keep-weight-scale"],
+            os.path.join(arm_dir, "convert.log"))
     run_probes(arm, seed, arm_dir, result, data, scale, py, device)
     run_transfers(arm, seed, arm_dir, result, data, scale, py, device, workers)
     atomic_write_json(result_path, result)  # the marker that this arm is done: never half-written
@@ -277,8 +284,8 @@ def run_transfers(arm, seed, arm_dir, result, data, scale, py, device, workers):
         convert_args = TRANSFERS[name][1]
         weights = ""
         if convert_args is not None:
-            # From the arm's full d2-fpn conversion, which outlives the training checkpoints (a resumed study
-            # adds transfers to finished arms); converting a converted file again changes nothing else.
+            # From the arm's full d2-fpn conversion at the pretrained scale, which outlives the training checkpoints
+            # (a resumed study adds transfers to finished arms); converting it again drops and rescales, nothing else.
             weights = os.path.join(arm_dir, f"converted_{name}.pkl")
             if not os.path.exists(weights):
                 run([py, "tools/convert_ckpt.py", os.path.join(arm_dir, "converted.pkl"), weights, *convert_args],

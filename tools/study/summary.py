@@ -32,6 +32,7 @@ CLAIMS = [(arm, "random_init") for arm in ARMS if arm != "random_init"] + [
 # against whole-image BYOL and against its backbone alone (SoCo Tables 1, 4), OAC's cropping (Tables 5-6).
 TRANSFER_CLAIMS = [(name, "random_init") for name in TRANSFERS if name != "random_init"] + [
     ("soco_full", "byol_whole_image"), ("soco_full", "soco_backbone"), ("soco_backbone_fpn", "soco_backbone"),
+    ("soco_backbone", "soco_backbone_pretrained_scale"),
     ("moco_obj_obj_dilate", "moco_scene")]
 TRANSFER_CLAIM_METRICS = ("AP", "AP50")
 
