@@ -25,7 +25,8 @@ test: setup lint
 lint: setup
 	$(PY) -m ruff check .
 
-# The reproduction study (docs/results.md): about 1 to 1.5 hours on 2 CPU cores; not part of `make test`.
+# The reproduction study with its detection transfer (docs/results.md): about 3 hours on 2 CPU cores (estimated from
+# its stages' times; not yet timed whole); not part of `make test`.
 study: setup
 	$(PY) tools/run_study.py --output output/study
 

@@ -10,9 +10,10 @@ A command is a line (backslash continuations joined) in a fenced code block that
 - **Needs what this machine lacks.** A command whose trailing comment starts with ``needs:`` (ImageNet, 8 GPUs,
   a GPU, an hour) is not run; its script and every file of the repository it names must exist, and a Python
   tool's arguments must parse (its argparse parser runs, then the tool is stopped). ``needs: synopsis`` marks
-  a usage line with placeholders, of which only the script is checked.
+  a usage line with placeholders, of which only the script is checked. A command that another test runs end to
+  end names that test in its ``needs:`` comment and is checked the same way.
 
-``make`` targets (``make demo`` takes 25 minutes, ``make test`` is this suite, ``make study`` an hour) are
+``make`` targets (``make demo`` takes 9 minutes, ``make test`` is this suite, ``make study`` about 3 hours) are
 never run here: ``make -n`` checks that the target exists and what it would run resolves.
 """
 import argparse
@@ -147,6 +148,8 @@ def test_commands_that_need_more_than_this_machine_exist_and_parse(doc, line, co
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
     monkeypatch.setattr(sys, "argv", [script] + words[1:])
     monkeypatch.chdir(REPO)
+    # as `python tools/x.py` does: the script's folder first on the path (tools/run_study.py imports tools/study)
+    monkeypatch.syspath_prepend(os.path.dirname(os.path.abspath(script)))
     try:
         runpy.run_path(script, run_name="__main__")
     except _Parsed:
