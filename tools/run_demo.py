@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from study.pipeline import last_metric  # tools/study, beside this script
+
 from objpretrain.engine.health import format_summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,16 +50,6 @@ def run(step, title, cmd, log):
         print(f"failed (exit {returncode}); log: {log}")
         sys.exit(f"{tail}\ndemo stage '{title}' failed; full log: {log}")
     print(f"{time.time() - start:.0f} s; log: {log}", flush=True)
-
-
-def final_metrics(metrics_json):
-    """The last logged box AP and AP50 of a Detectron2 metrics.json."""
-    last = {}
-    with open(metrics_json) as f:
-        for line in f:
-            record = json.loads(line)
-            last.update({k: v for k, v in record.items() if k in ("bbox/AP", "bbox/AP50")})
-    return last.get("bbox/AP", float("nan")), last.get("bbox/AP50", float("nan"))
 
 
 def main():
@@ -102,7 +94,8 @@ def main():
             [py, "tools/train_net.py", "--config-file", FINETUNE_CONFIG, *registrations, "MODEL.WEIGHTS", weights,
              "SEED", args.seed, "OUTPUT_DIR", finetune_dir, *args.finetune_opts],
             os.path.join(out, os.path.basename(finetune_dir) + ".log"))
-        detectors[name] = final_metrics(os.path.join(finetune_dir, "metrics.json"))
+        metrics = os.path.join(finetune_dir, "metrics.json")
+        detectors[name] = (last_metric(metrics, "bbox/AP"), last_metric(metrics, "bbox/AP50"))
 
     print(f"\nobjpretrain demo finished in {(time.time() - start) / 60:.1f} min; outputs under {out}")
     with open(os.path.join(pretrain_dir, "health_summary.json")) as f:
