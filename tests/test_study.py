@@ -106,13 +106,23 @@ def test_datasets_register_from_the_config(tmp_path):
         register_datasets_from_cfg(malformed)
 
 
-# The smoke run's arms: random init, the supervised control and SoCo (with its three transfers), so that every kind
-# of stage runs (SSL pretraining with health, supervised pretraining, probes, conversion with --drop, fine-tuning).
-# BYOL and the MoCo arms run the same stages with other configs: moco_scene goes through the whole pipeline in the
-# GPU-script test below, and every learning config builds and trains a step in tests/test_pretrain_configs.py.
-SMOKE_ARMS = ("random_init", "supervised", "soco")
-SMOKE_TRANSFERS = ("random_init", "supervised", "soco_backbone", "soco_backbone_fpn", "soco_full",
-                   "soco_backbone_pretrained_scale")
+def _smoke_arms():
+    """The smoke run's arms: random init, the first arm of every pretraining kind other than SSL (the supervised
+    control, and any kind added later) and SoCo, the SSL arm transferred several ways, so that every kind of stage
+    runs (SSL pretraining with health, supervised pretraining, probes, conversion with --drop and with
+    --keep-weight-scale, fine-tuning). BYOL and the MoCo arms run SoCo's stages with other configs: every learning
+    config builds and trains a step in tests/test_pretrain_configs.py, the OAC demo configs train end to end and
+    convert in tests/test_oac_train.py."""
+    from study.pipeline import ARMS
+
+    first_of_kind = {}
+    for arm, spec in ARMS.items():
+        if spec is None or spec.kind != "ssl":
+            first_of_kind.setdefault(None if spec is None else spec.kind, arm)
+    return (*first_of_kind.values(), "soco")
+
+
+SMOKE_ARMS = _smoke_arms()
 
 
 def _run_smoke_study(out):
@@ -123,9 +133,40 @@ def _run_smoke_study(out):
 
 
 @pytest.mark.slow
-def test_study_smoke_run_reports_every_arm(tmp_path):
-    out = tmp_path / "study"
-    _run_smoke_study(out)
+def test_study_smoke_run_by_the_gpu_script_reports_every_arm_and_resumes(tmp_path):
+    """The smoke-scale study of SMOKE_ARMS, run by tools/run_study_gpu.sh as the GPU session would run it, with
+    DEVICE=cpu: every arm in its own process at once, then the summary and the archive; then tools/run_study.py
+    itself over the same folder, which resumes (every arm in one process and its own summary)."""
+    import convert_ckpt  # tools/, on the path above
+    from study.pipeline import SCALES, TRANSFERS, arm_transfers
+
+    from objpretrain.checkpoint import load_state_dict
+    from objpretrain.checkpoint.weight_scale import initializer_norm
+
+    smoke = SCALES["smoke"]
+    out, copies = tmp_path / "study", tmp_path / "out"
+    env = dict(os.environ, STUDY=str(out), OUT=str(copies), DEVICE="cpu", SMOKE="1", WORKERS="0",
+               PYTHON=sys.executable, ARMS=" ".join(SMOKE_ARMS))
+    result = subprocess.run(["bash", os.path.join(REPO, "tools", "run_study_gpu.sh"), "600"], cwd=REPO, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # the script: one process per arm, with its device and workers passed through to every stage
+    for arm in SMOKE_ARMS:
+        printed = (out / f"{arm}_seed0.out").read_text()
+        assert "MODEL.DEVICE cpu" in printed and "DATALOADER.NUM_WORKERS 0" in printed, arm
+    # ... and at once: the stages, each timed in its own arm's process, add up to more than the time from the
+    # proposals (made before any arm starts) to the last arm's result (run one after another, they would add up
+    # to less)
+    results = {arm: json.loads((out / f"{arm}_seed0" / "result.json").read_text()) for arm in SMOKE_ARMS}
+    stage_seconds = sum(sum(r["seconds"].values()) + sum(record["seconds"] for per_n in r.get("transfer", {}).values()
+                                                         for record in per_n.values()) for r in results.values())
+    arms_wall = (max((out / f"{arm}_seed0" / "result.json").stat().st_mtime for arm in SMOKE_ARMS)
+                 - (out / "data" / "proposals.pkl").stat().st_mtime)
+    assert stage_seconds > arms_wall > 0, (stage_seconds, arms_wall)
+    # its copies: the summary, plots and the archive of every arm's results and logs
+    assert (copies / "study_gpu_runs.tgz").stat().st_size > 0
+    assert (copies / "summary.json").read_bytes() == (out / "summary.json").read_bytes()
+
     with open(out / "summary.json") as f:
         summary = json.load(f)
     rows = {r["arm"]: r for r in summary["arms"]}
@@ -135,41 +176,52 @@ def test_study_smoke_run_reports_every_arm(tmp_path):
         for metric in ("view_retrieval", "linear_probe_map", "object_probe_top1", "object_probe_128_top1"):
             assert np.isfinite(row[f"{metric}_mean"]), (arm, metric)  # random init too
         assert 0 < row["linear_probe_map_chance"] < 100 and 0 < row["object_probe_top1_chance"] < 100, arm
-        assert row["view_retrieval_chance"] == pytest.approx(100 / 8), arm
+        assert row["view_retrieval_chance"] == pytest.approx(100 / smoke["val_images"]), arm
     for name in ("cosine_to_mean", "spread", "res5_moved", "retrieval_monitor", "retrieval_monitor_initial"):
         assert np.isfinite(rows["soco"][f"health_{name}_mean"]), name  # an SSL arm reports its health
-    # every transfer arm of the smoke arms, fine-tuned on the smoke scale's labelled subset, with its AP curve
+    # every transfer arm of the smoke arms but those the smoke scale skips, fine-tuned on its labelled subset, with
+    # its AP curve
+    skipped = set(smoke["skip_transfers"])
+    assert skipped and skipped < set(arm_transfers("soco"))
     transfer = {(r["transfer"], r["scenes"]): r for r in summary["transfer"]}
-    assert set(transfer) == {(name, 4) for name in SMOKE_TRANSFERS}
+    assert set(transfer) == {(name, n) for arm in SMOKE_ARMS for name in arm_transfers(arm) if name not in skipped
+                             for n in smoke["transfer_scenes"]}
     # (after 4 iterations a detector may detect nothing, and COCO AP is then NaN: the record is what is checked)
     assert all(r["seeds"] == [0] and len(r["AP_per_seed"]) == 1 for r in transfer.values())
-    with open(out / "soco_seed0" / "result.json") as f:
-        soco = json.load(f)
-    assert [len(soco["transfer"]["soco_full"]["4"]["curve"]["AP"][0])] == [2]  # evaluated at iterations 2 and 4
-    # the three SoCo transfers load what their names say
-    from objpretrain.checkpoint import load_state_dict
-    scopes = {name: {k.split(".")[1] for k in load_state_dict(str(out / "soco_seed0" / f"converted_{name}.pkl"))}
+    soco = results["soco"]
+    assert [len(soco["transfer"]["soco_backbone"]["4"]["curve"]["AP"][0])] == [2]  # evaluated at iterations 2 and 4
+    # the study converted what it fine-tuned, no more; the skipped transfers are the same command with their own
+    # arguments, run here on the study's conversion at the pretrained scale. The three SoCo transfers load what
+    # their names say.
+    soco_dir = out / "soco_seed0"
+    weights = {}
+    for name in arm_transfers("soco"):
+        weights[name] = soco_dir / f"converted_{name}.pkl"
+        assert weights[name].exists() == (name not in skipped), name
+        if name in skipped:
+            weights[name] = tmp_path / f"converted_{name}.pkl"
+            assert convert_ckpt.main([str(soco_dir / "converted.pkl"), str(weights[name]), *TRANSFERS[name][1]]) == 0
+    scopes = {name: {k.split(".")[1] for k in load_state_dict(str(weights[name]))}
               for name in ("soco_backbone", "soco_backbone_fpn", "soco_full")}
     assert "box_head" in scopes["soco_full"] and "box_head" not in scopes["soco_backbone_fpn"]
     assert any(s.startswith("fpn_") for s in scopes["soco_backbone_fpn"])
     assert not any(s.startswith("fpn_") for s in scopes["soco_backbone"])
     # the weight-scale control keeps the pretrained stem; the study's conversions restore the initializer's norm
-    from objpretrain.checkpoint.weight_scale import initializer_norm
     stem = "backbone.bottom_up.stem.conv1.weight"
-    stems = {name: np.asarray(load_state_dict(str(out / "soco_seed0" / f"converted_{name}.pkl"))[stem])
+    stems = {name: np.asarray(load_state_dict(str(weights[name]))[stem])
              for name in ("soco_backbone", "soco_backbone_pretrained_scale")}
     assert np.linalg.norm(stems["soco_backbone"]) == pytest.approx(initializer_norm(stem, stems["soco_backbone"]),
                                                                    rel=1e-4)
     assert not np.array_equal(stems["soco_backbone"], stems["soco_backbone_pretrained_scale"])
-    # SoCo and the control against random init, the transfers against random init and SoCo's alignment orderings:
+    # SoCo and the control against random init, the transfers against random init and the weight-scale control:
     # with one seed every verdict is "too few seeds"
     claims = {(c["claim"], c["metric"]) for c in summary["claims"]}
-    assert ("soco_full > soco_backbone", "box AP, 4 labelled scenes") in claims
+    assert ("soco_backbone > soco_backbone_pretrained_scale", "box AP, 4 labelled scenes") in claims
     assert ("supervised > random_init", "box AP50, 4 labelled scenes") in claims
     assert {c["verdict"] for c in summary["claims"]} == {"too few seeds"}
     for name in ("loss_curves.png", "ap_per_arm.png", "health_curves.png", "results_table.md", "transfer_curves.png",
                  "transfer_ap.png"):
-        assert (out / name).stat().st_size > 0
+        assert (out / name).stat().st_size > 0 and (copies / name).stat().st_size > 0, name
     table = (out / "results_table.md").read_text()
     assert "final cosine to mean" in table and "Detection transfer, 4 labelled scenes" in table
     # finished arms keep their converted weights but not the training checkpoints
@@ -177,7 +229,8 @@ def test_study_smoke_run_reports_every_arm(tmp_path):
                                                 for arm in rows if arm != "random_init")
     # a second run reuses every finished arm instead of recomputing it, and restarts an unfinished one from
     # scratch (no stale files, no metrics appended to an old run's)
-    before = (out / "soco_seed0" / "result.json").stat().st_mtime
+    untouched = [arm for arm in SMOKE_ARMS if arm not in ("random_init", "supervised")]
+    before = {arm: (out / f"{arm}_seed0" / "result.json").stat().st_mtime for arm in untouched}
     # an arm finished before a probe or a transfer existed gets that probe or transfer only
     with open(out / "supervised_seed0" / "result.json") as f:
         old_result = json.load(f)
@@ -188,7 +241,7 @@ def test_study_smoke_run_reports_every_arm(tmp_path):
     (out / "random_init_seed0" / "result.json").unlink()
     (out / "random_init_seed0" / "transfer_random_init_n4" / "stale_marker").write_text("from a killed run")
     _run_smoke_study(out)
-    assert (out / "soco_seed0" / "result.json").stat().st_mtime == before
+    assert {arm: (out / f"{arm}_seed0" / "result.json").stat().st_mtime for arm in untouched} == before
     with open(out / "supervised_seed0" / "result.json") as f:
         resumed = json.load(f)
     assert "object_probe_top1_chance" in resumed and "4" in resumed["transfer"]["supervised"]
@@ -197,6 +250,7 @@ def test_study_smoke_run_reports_every_arm(tmp_path):
     assert not (out / "random_init_seed0" / "transfer_random_init_n4" / "stale_marker").exists()
     with open(out / "random_init_seed0" / "transfer_random_init_n4" / "metrics.json") as f:
         assert sum('"bbox/AP"' in line for line in f) == 2
+
 
 
 def test_summary_tests_each_claimed_ordering(tmp_path):
@@ -229,25 +283,6 @@ def test_summary_tests_each_claimed_ordering(tmp_path):
     assert "| soco_full | 3 | 3.1 ± 0.1 |" in table
     for name in ("ap_per_arm.png", "transfer_curves.png", "transfer_ap.png"):
         assert (tmp_path / name).stat().st_size > 0
-
-
-@pytest.mark.slow
-def test_gpu_study_script_runs_its_arms_in_parallel_at_a_tiny_size_on_cpu(tmp_path):
-    """tools/run_study_gpu.sh, as the GPU session would run it, with DEVICE=cpu and the smoke scale. Two arms (one
-    pretrained, and random init): every arm's config is run by the study's own smoke test above; this one checks
-    the script (arms in parallel processes, the summary, the archive)."""
-    env = dict(os.environ, STUDY=str(tmp_path / "study"), OUT=str(tmp_path / "out"), DEVICE="cpu", SMOKE="1",
-               WORKERS="0", PYTHON=sys.executable, ARMS="random_init moco_scene")
-    result = subprocess.run(["bash", os.path.join(REPO, "tools", "run_study_gpu.sh"), "600"], cwd=REPO, env=env,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    with open(tmp_path / "out" / "summary.json") as f:
-        rows = {r["arm"]: r for r in json.load(f)["arms"]}
-    assert set(rows) == {"random_init", "moco_scene"}
-    assert all(np.isfinite(r["view_retrieval_mean"]) for r in rows.values())
-    assert all(np.isfinite(r["health_spread_mean"]) for arm, r in rows.items() if arm != "random_init")
-    assert (tmp_path / "out" / "study_gpu_runs.tgz").stat().st_size > 0
-    assert (tmp_path / "out" / "health_curves.png").stat().st_size > 0
 
 
 def test_feature_ranks_reads_every_stage_and_level_and_sees_a_collapsed_fpn(tmp_path):

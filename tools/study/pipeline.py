@@ -96,7 +96,11 @@ SCALES = {
                   finetune_opts=("SOLVER.MAX_ITER", 4, "SOLVER.STEPS", "(2, 3)", "SOLVER.WARMUP_ITERS", 1,
                                  "TEST.EVAL_PERIOD", 2),
                   probe_epochs=2, supervised_epochs=1, retrieval_period=2, seeds=(0,),
-                  pretrain_opts=("SOLVER.IMS_PER_BATCH", 8)),
+                  pretrain_opts=("SOLVER.IMS_PER_BATCH", 8),
+                  # Not fine-tuned at this size: the same conversion and fine-tuning as soco_backbone (which runs, as
+                  # does its weight-scale control), with other tools/convert_ckpt.py arguments; tests/test_study.py
+                  # converts them itself and checks what they load.
+                  skip_transfers=("soco_backbone_fpn", "soco_full")),
 }
 
 
@@ -271,10 +275,10 @@ def pretrain(arm, seed, arm_dir, result, out, data, scale, py, device, workers, 
 
 
 def missing_transfers(arm, result, scale):
-    """``[(transfer arm, N)]`` of this pretraining arm not yet in ``result``."""
+    """``[(transfer arm, N)]`` of this pretraining arm not yet in ``result``, less the scale's ``skip_transfers``."""
     done = result.get("transfer", {})
-    return [(name, n) for name in arm_transfers(arm) for n in scale["transfer_scenes"]
-            if str(n) not in done.get(name, {})]
+    return [(name, n) for name in arm_transfers(arm) if name not in scale.get("skip_transfers", ())
+            for n in scale["transfer_scenes"] if str(n) not in done.get(name, {})]
 
 
 def run_transfers(arm, seed, arm_dir, result, data, scale, py, device, workers):
