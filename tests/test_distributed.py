@@ -297,14 +297,19 @@ def test_linear_eval_on_two_processes_equals_one(synthetic_coco, tmp_path):
 
 
 SHUFFLE_SCRIPT = """
-import json, sys
+import atexit, json, sys
 import torch
-from detectron2.engine import launch
+from objpretrain.engine.defaults import launch  # leaves the process group at the end, as the tools do
 from detectron2.utils import comm
 from objpretrain.modeling.oac import shuffle_across_ranks
 
+def record_group_at_exit(out, rank):
+    with open(f"{out}.exit{rank}", "w") as f:
+        json.dump(torch.distributed.is_initialized(), f)
+
 def check(out):
     rank = comm.get_rank()
+    atexit.register(record_group_at_exit, out, rank)
     torch.manual_seed(rank)  # the ranks' own RNGs differ; the order is rank 0's
     rows = torch.arange(4.0)[:, None] + 10 * rank  # sample ids: rank 0 holds 0-3, rank 1 holds 10-13
     shuffled, unshuffle = shuffle_across_ranks(rows)
@@ -336,6 +341,8 @@ def test_shuffle_bn_mixes_the_key_batch_across_processes_and_restores_the_order(
     assert shares[0] | shares[1] == {0, 1, 2, 3, 10, 11, 12, 13} and not shares[0] & shares[1]
     assert shares[0] != {0, 1, 2, 3} and shares[0] != {10, 11, 12, 13}, "the draw did not mix the ranks"
     assert all(r["per_sample_round_trip"] for r in results)
+    # The workers left the process group before exiting (an exit with gloo alive aborted a rank in CI).
+    assert [json.loads((tmp_path / f"result.exit{rank}").read_text()) for rank in (0, 1)] == [False, False]
     for rank, result in enumerate(results):
         own = [i + 10 * rank for i in range(4)]
         # Each sample is centred by the mean of the batch that held it, whichever rank that was.

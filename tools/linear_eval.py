@@ -52,11 +52,11 @@ import objpretrain  # noqa: F401  (first: registers components and silences a de
 # isort: split
 import torch
 from detectron2.data import DatasetCatalog
-from detectron2.engine import launch
 from detectron2.utils import comm
 
 from objpretrain.config import get_pretrain_cfg
 from objpretrain.data.datasets import register_datasets_from_cfg
+from objpretrain.engine.defaults import launch
 from objpretrain.evaluation.frozen_features import build_frozen_backbone
 from objpretrain.evaluation.linear_probe import TASKS, ProbeSettings, linear_probe_result, retrieval_result
 from objpretrain.evaluation.official_linear_eval import OFFICIAL_LR, official_linear_eval_result

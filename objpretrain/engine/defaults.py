@@ -7,9 +7,11 @@ import logging
 import os
 import weakref
 
+import torch.distributed as dist
 from detectron2.config import get_cfg
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, launch
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine import default_setup as d2_default_setup
+from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -21,7 +23,7 @@ from .distributed import create_ddp_model
 from .preflight import exit_on_config_error
 from .resumable import ResumableDataStreamMixin
 
-__all__ = ["ResumableTrainer", "build_config", "default_setup", "launch_after_preflight"]
+__all__ = ["ResumableTrainer", "build_config", "default_setup", "launch", "launch_after_preflight"]
 
 
 class ResumableTrainer(ResumableDataStreamMixin, DefaultTrainer):
@@ -114,3 +116,24 @@ def launch_after_preflight(tool, preflight, main, args):
     exit_on_config_error(tool, lambda: preflight(args))
     return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                   dist_url=args.dist_url, args=(args,))
+
+
+def launch(main, num_gpus_per_machine, num_machines=1, machine_rank=0, dist_url=None, args=()):
+    """Detectron2's ``launch``, where each worker of a multi-process run leaves the process group once ``main``
+    returns. A worker that exits with the group alive can abort at interpreter shutdown (gloo's threads still hold
+    tensors: ``terminate called without an active exception``, SIGABRT, pytorch/pytorch#190489), which failed a
+    CI run of the 2-process shuffle-BN test after its work was done."""
+    if num_gpus_per_machine * num_machines == 1:
+        return d2_launch(main, 1, args=args)  # no process group: main runs in this process
+    return d2_launch(_run_then_leave_process_group, num_gpus_per_machine, num_machines=num_machines,
+                     machine_rank=machine_rank, dist_url=dist_url, args=(main, *args))
+
+
+def _run_then_leave_process_group(main, *args):
+    """``main(*args)``, then a barrier (no rank tears down what another still uses) and ``destroy_process_group``.
+    A ``main`` that raises skips both: the exception ends the worker and ``launch`` reports it."""
+    result = main(*args)
+    if dist.is_available() and dist.is_initialized():
+        comm.synchronize()
+        dist.destroy_process_group()
+    return result
