@@ -6,7 +6,10 @@ Pretraining arms, on the same unlabelled multi-object scenes (the SSL ones in th
 configs/learning/, docs/results.md):
 
 - ``random_init``: no pretraining;
-- ``supervised``: the positive control, a ResNet trained with labels to classify the objects of the same scenes;
+- ``supervised``: a ResNet trained with labels to classify the objects of the same scenes;
+- ``supervised_detector``: the positive control of the detection transfer, Faster R-CNN trained with the labels of
+  the same scenes (configs/transfer/faster_rcnn_r18_fpn_scenes_pretrain_labels.yaml), transferred like SoCo's full
+  transfer;
 - ``byol_whole_image``: BYOL on two random crops of the whole image (SoCo's image-level baseline);
 - ``soco``: SoCo with FPN, the 4conv1fc box head and scale-aware assignment;
 - ``moco_scene``: MoCo-v2 with scene-scene crops (OAC's baseline);

@@ -9,8 +9,8 @@
 #   STUDY=/tmp/study_gpu OUT=results bash tools/run_study_gpu.sh [LIMIT seconds per seed, default 240]
 #   DEVICE=cpu SMOKE=1 STUDY=/tmp/s bash tools/run_study_gpu.sh 300   # the CPU check of this script (tests)
 #
-# Expects Detectron2 importable. Environment: SEEDS (default "0 1 2"), ARMS (default all six), BATCH (256),
-# PRETRAIN_ITERS (300), DEVICE (cuda), WORKERS (2 per arm: 6 arms x 2 = 12 of the 16 cores).
+# Expects Detectron2 importable. Environment: SEEDS (default "0 1 2"), ARMS (default all seven), BATCH (256),
+# PRETRAIN_ITERS (300), DEVICE (cuda), WORKERS (2 per arm: 7 arms x 2 = 14 of the 16 cores).
 set -u
 STUDY=${STUDY:-/tmp/study_gpu}
 OUT=${OUT:-$STUDY}
@@ -23,7 +23,7 @@ else
     SCALE=(--pretrain-iters "${PRETRAIN_ITERS:-300}" --pretrain-opts SOLVER.IMS_PER_BATCH "${BATCH:-256}")
 fi
 ARGS=(--output "$STUDY" --device "${DEVICE:-cuda}" --workers "${WORKERS:-2}" "${SCALE[@]}")
-read -r -a ARMS <<< "${ARMS:-random_init supervised byol_whole_image soco moco_scene moco_obj_obj_dilate}"
+read -r -a ARMS <<< "${ARMS:-random_init supervised supervised_detector byol_whole_image soco moco_scene moco_obj_obj_dilate}"
 PY=${PYTHON:-python3}
 mkdir -p "$STUDY" "$OUT"
 "$PY" tools/run_study.py "${ARGS[@]}" --prepare-only || exit 1

@@ -26,11 +26,18 @@ class StudyStageError(RuntimeError):
 
 @dataclass(frozen=True)
 class Pretraining:
-    """How an arm's weights are made: ``kind`` "ssl" (tools/pretrain_net.py with ``config``) or "supervised"
-    (tools/train_object_classifier.py on the labelled pretraining draw; ``config`` gives its ResNet)."""
+    """How an arm's weights are made: ``kind`` "ssl" (tools/pretrain_net.py with ``config``), "supervised"
+    (tools/train_object_classifier.py on the labelled pretraining draw; ``config`` gives its ResNet) or "detector"
+    (tools/train_net.py with the detector ``config`` on the labelled pretraining draw)."""
 
     kind: str
     config: str
+
+    @property
+    def probe_config(self):
+        """The config the probes build the ResNet from: an SSL arm's own; the learning configs' R18 otherwise (the
+        same depth and pixel normalization as the detector and classifier configs)."""
+        return self.config if self.kind == "ssl" else PROBE_CONFIG
 
 
 # Pretraining arms; None is random init. The SSL configs are the CPU learning regime (docs/results.md).
@@ -40,13 +47,18 @@ ARMS = {
     # objects of the pretraining draw (the same 1024 scenes the SSL arms see without labels; disjoint from the
     # fine-tuning and evaluation scenes).
     "supervised": Pretraining("supervised", "configs/learning/byol_r18_scene.yaml"),
+    # The positive control of the detection transfer: Faster R-CNN trained on the labels of the same 1024 scenes,
+    # transferred like SoCo's full transfer (backbone, FPN and box head; RPN and predictors new). The protocol must
+    # see it beat random init before it compares self-supervised arms (docs/results.md, "Detection transfer").
+    "supervised_detector": Pretraining("detector", "configs/transfer/faster_rcnn_r18_fpn_scenes_pretrain_labels.yaml"),
     "byol_whole_image": Pretraining("ssl", "configs/learning/byol_r18_scene.yaml"),
     "soco": Pretraining("ssl", "configs/learning/soco_r18_fpn.yaml"),
     "moco_scene": Pretraining("ssl", "configs/learning/moco_v2_r18_scene.yaml"),
     "moco_obj_obj_dilate": Pretraining("ssl", "configs/learning/moco_v2_r18_obj_obj_dilate.yaml"),
 }
-# The probes read only the ResNet keys and the pixel normalization, the same in every arm's config.
-PROBE_CONFIG_RANDOM_INIT = ARMS["byol_whole_image"].config
+# The probes read only the ResNet keys and the pixel normalization, the same in every arm's config; this one builds
+# random init's ResNet and the non-SSL arms'.
+PROBE_CONFIG = "configs/learning/byol_r18_scene.yaml"
 
 # Detection-transfer arms: name -> (pretraining arm, tools/convert_ckpt.py arguments; None = random init). Image-level
 # models give the ResNet (FPN and box head initialized anew, OAC §5); SoCo is transferred three ways, SoCo Table 4's
@@ -54,6 +66,7 @@ PROBE_CONFIG_RANDOM_INIT = ARMS["byol_whole_image"].config
 TRANSFERS = {
     "random_init": ("random_init", None),
     "supervised": ("supervised", ("--to", "d2-fpn")),
+    "supervised_detector": ("supervised_detector", ("--to", "d2-fpn")),
     "byol_whole_image": ("byol_whole_image", ("--to", "d2-fpn")),
     "moco_scene": ("moco_scene", ("--to", "d2-fpn")),
     "moco_obj_obj_dilate": ("moco_obj_obj_dilate", ("--to", "d2-fpn")),
@@ -88,7 +101,8 @@ PROBES = {
 
 SCALES = {
     # pretrain images, labelled train / val images, pretraining iterations (None: the configs'), labelled scenes per
-    # transfer and fine-tuning overrides, probe epochs, supervised-control epochs. Sized for 3 seeds in about 3 hours
+    # transfer and fine-tuning overrides, probe epochs, supervised-control epochs (and the supervised detector's
+    # overrides, "detector_opts"). Sized for 3 seeds in about 3 hours
     # on 2 idle CPU cores (docs/results.md has the measured wall time).
     "full": dict(pretrain_images=1024, train_images=256, val_images=128, pretrain_iters=None, transfer_scenes=(4, 8),
                  finetune_opts=(), probe_epochs=100, supervised_epochs=2, retrieval_period=50, seeds=(0, 1, 2)),
@@ -100,7 +114,9 @@ SCALES = {
                   # Not fine-tuned at this size: the same conversion and fine-tuning as soco_backbone (which runs, as
                   # does its weight-scale control), with other tools/convert_ckpt.py arguments; tests/test_study.py
                   # converts them itself and checks what they load.
-                  skip_transfers=("soco_backbone_fpn", "soco_full")),
+                  skip_transfers=("soco_backbone_fpn", "soco_full"),
+                  detector_opts=("SOLVER.MAX_ITER", 4, "SOLVER.STEPS", "(2, 3)", "SOLVER.WARMUP_ITERS", 1,
+                                 "TEST.EVAL_PERIOD", 4)),
 }
 
 
@@ -253,6 +269,15 @@ def pretrain(arm, seed, arm_dir, result, out, data, scale, py, device, workers, 
              "DATASETS.COCO_JSON_REGISTER", f"({registration(data, 'pretrain', 'study_pretrain_labels')!r},)"],
             log)
         return
+    if spec.kind == "detector":
+        result["seconds"]["pretrain"] = run(
+            [py, "tools/train_net.py", "--config-file", spec.config,
+             "--register-coco", registration(data, "pretrain", "study_pretrain_labels"),
+             "--register-coco", registration(data, "val"), "SEED", seed, "OUTPUT_DIR", pretrain_dir,
+             "MODEL.DEVICE", device, "DATALOADER.NUM_WORKERS", workers, *scale.get("detector_opts", ())],
+            log)
+        result["pretrain_AP"] = last_metric(os.path.join(pretrain_dir, "metrics.json"), "bbox/AP")
+        return
     # The configs' own MAX_ITER unless the scale or --pretrain-iters sets one.
     iterations = [] if scale["pretrain_iters"] is None else ["SOLVER.MAX_ITER", scale["pretrain_iters"]]
     result["seconds"]["pretrain"] = run(
@@ -314,7 +339,7 @@ def run_transfers(arm, seed, arm_dir, result, data, scale, py, device, workers):
 def run_probes(arm, seed, arm_dir, result, data, scale, py, device, probes=tuple(PROBES)):
     """Runs ``probes`` (names of :data:`PROBES`; default all) on the arm's converted weights (random init: a fresh
     ResNet drawn with ``seed``), in one process, and records score, chance level and seconds in ``result``."""
-    config = ARMS[arm].config if ARMS[arm] is not None else PROBE_CONFIG_RANDOM_INIT
+    config = ARMS[arm].probe_config if ARMS[arm] is not None else PROBE_CONFIG
     weights = ["--random-init"] if ARMS[arm] is None else ["--weights", os.path.join(arm_dir, "converted.pkl")]
     paths = [os.path.join(arm_dir, f"{probe}.json") for probe in probes]
     result["seconds"]["probes"] = result["seconds"].get("probes", 0.0) + run(
