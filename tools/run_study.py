@@ -27,7 +27,7 @@ tools/convert_ckpt.py and every arm, random init included, is measured two ways:
 Seeds are repeated and reported as mean ± std, with Welch's t-test of every claim (docs/results.md). Every stage is
 one of the project's own commands, printed before it runs; results are written as JSON, Markdown tables and plots.
 
-    python tools/run_study.py --output output/study                 # the full study (about 3 h on 2 cores)
+    python tools/run_study.py --output output/study                 # the full study (about 6 h on 2 cores)
     python tools/run_study.py --output output/study --seeds 0       # one seed of it
     python tools/run_study.py --output output/study_smoke --smoke   # one seed, a few iterations per arm
     python tools/run_study.py --output output/study --summarize-only  # tables and plots of what finished
