@@ -10,7 +10,7 @@ Stages, each one of the project's own commands (written at the top of its log, s
    monitors and view retrieval on the held-out scenes;
 3. conversion to a Detectron2 checkpoint (tools/convert_ckpt.py, the transfer docs/results.md found best);
 4. Faster R-CNN R18-FPN fine-tuning on 8 labelled scenes and COCO evaluation on the held-out ones, from the SoCo
-   weights (configs/transfer/faster_rcnn_r18_fpn_scenes_n8.yaml: the study's recipe, 400 iterations);
+   weights (configs/transfer/faster_rcnn_r18_fpn_scenes_n8.yaml: the study's recipe on 8 scenes, 400 iterations);
 5. the same fine-tuning from random init, beside it.
 
 It ends with both detectors' box AP / AP50 and the pretraining's health (embedding spread, loss beside its collapse
