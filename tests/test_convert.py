@@ -381,6 +381,18 @@ def test_drop_leaves_parts_to_the_detector(soco_demo, tmp_path):
         assert scopes == kept_scopes
         assert any(n.startswith("roi_heads.box_head.") for n in new)
         assert any(why.endswith("--drop box_head") for _, why in conversion.new_modules)
+    # --drop stem: every ResNet tensor but the stem's; the detector draws the stem anew, the rest loads unchanged.
+    full, _ = convert_checkpoint(path, str(tmp_path / "full.pkl"), "d2-fpn", model_state_dict=model_state)
+    conversion, new = convert_checkpoint(path, str(tmp_path / "nostem.pkl"), "d2-fpn", model_state_dict=model_state,
+                                         drop=("stem", "fpn", "box_head"))
+    stem = {n for n in full.state_dict if n.startswith("backbone.bottom_up.stem.")}
+    assert stem and not stem & set(conversion.state_dict)
+    assert set(conversion.state_dict) == {n for n in full.state_dict if n.startswith("backbone.bottom_up.")} - stem
+    assert {n for n in new if n.startswith("backbone.bottom_up.")} == (
+        {n for n in model_state if n.startswith("backbone.bottom_up.stem.")})
+    for name, tensor in conversion.state_dict.items():
+        torch.testing.assert_close(tensor, full.state_dict[name])
+    assert any(why.endswith("--drop stem") for _, why in conversion.new_modules)
     with pytest.raises(CheckpointError, match="--drop"):
         convert_checkpoint(path, str(tmp_path / "x.pkl"), "d2-backbone", drop=("fpn",))
     with pytest.raises(CheckpointError, match="--drop takes"):

@@ -43,7 +43,8 @@ def get_parser():
                         help="which network of a two-network checkpoint to convert (default: online)")
     parser.add_argument("--drop", default="", metavar="PARTS",
                         help=f"comma-separated parts of {DROPPABLE_PARTS} that --to d2-fpn leaves out (new "
-                             "at fine-tuning): SoCo's alignment ablation, e.g. --drop box_head for backbone + FPN")
+                             "at fine-tuning): SoCo's alignment ablation, e.g. --drop box_head for backbone + FPN; "
+                             "--drop stem re-initializes the ResNet's first conv")
     parser.add_argument("--keep-weight-scale", action="store_true",
                         help="keep the pretrained norms of convs that a BatchNorm follows; by default each gets its "
                              "initializer's norm (same function, a fresh layer's fine-tuning learning rate; "

@@ -60,7 +60,9 @@ logger = logging.getLogger(__name__)
 TARGETS = ("d2-fpn", "d2-c4", "d2-backbone", "torchvision")
 # Pretrained parts of an FPN model that --drop leaves out of a d2-fpn conversion (SoCo Table 4's alignment ablation:
 # backbone only = --to d2-backbone, backbone + FPN = --to d2-fpn --drop box_head); the detector initializes them anew.
-DROPPABLE_PARTS = ("fpn", "box_head")
+# "stem" is the ResNet's first conv and its norm: the module-re-initialization control of docs/results.md
+# ("Controls for the missing gain"), for a stem pretrained on views at another scale than the detector's images.
+DROPPABLE_PARTS = ("fpn", "box_head", "stem")
 ENCODERS = ("online", "target")
 RESNET_STAGES = ("res2", "res3", "res4", "res5")
 # Blocks per stage of the standard depths, by convs per block (Detectron2's ResNet: 2 basic, 3 bottleneck).
@@ -545,18 +547,21 @@ def convert_state_dict(state_dict, target, encoder="online", drop=(), keep_weigh
                 f"{parsed.kind}: its res5 is a C4 RoI head on res4 features and it has no FPN, so it does not "
                 "fit an FPN detector; convert it with --to d2-c4 (or --to d2-backbone for the ResNet alone)"
             )
-        outputs += [("backbone.bottom_up." + k, v) for k, v in parsed.resnet.items()]
+        outputs += [("backbone.bottom_up." + k, v) for k, v in parsed.resnet.items()
+                    if "stem" not in drop or not k.startswith("stem.")]
         if "fpn" not in drop:
             outputs += [("backbone." + k, v) for k, v in parsed.fpn.items()]
         if "box_head" not in drop:
             outputs += [("roi_heads.box_head." + k, v) for k, v in parsed.box_head.items()]
-        for part, module, tensors in (("fpn", "backbone.fpn_*", parsed.fpn),
+        stem = {k: v for k, v in parsed.resnet.items() if k.startswith("stem.")}
+        for part, module, tensors in (("stem", "backbone.bottom_up.stem", stem),
+                                      ("fpn", "backbone.fpn_*", parsed.fpn),
                                       ("box_head", "roi_heads.box_head", parsed.box_head)):
             if part in drop:
                 new_modules.append((module, f"newly initialized: --drop {part}"))
             elif not tensors:
                 new_modules.append((module, f"newly initialized: the checkpoint has no {part.replace('_', ' ')}"))
-        unused = {name: tensors for part, name, tensors in (("fpn", "FPN", parsed.fpn),
+        unused = {name: tensors for part, name, tensors in (("stem", "stem", stem), ("fpn", "FPN", parsed.fpn),
                                                              ("box_head", "box head", parsed.box_head)) if part in drop}
     elif target == "d2-c4":
         if parsed.layout == "fpn":
@@ -619,7 +624,7 @@ def check_against_model(conversion, model_state_dict):
 
 def _scope(name):
     """The transferred module a Detectron2 name belongs to: ResNet, FPN, box head or C4 res5."""
-    for scope in ("backbone.bottom_up.", "roi_heads.box_head.", "roi_heads.res5."):
+    for scope in ("backbone.bottom_up.stem.", "backbone.bottom_up.", "roi_heads.box_head.", "roi_heads.res5."):
         if name.startswith(scope):
             return scope
     if name.startswith("backbone.fpn_") or name.startswith("backbone.top_block."):
