@@ -25,9 +25,10 @@ test: setup lint
 lint: setup
 	$(PY) -m ruff check .
 
-# The reproduction study with its detection transfer (docs/results.md): about 6 hours on 2 CPU cores, estimated from
-# its stages' times (20 fine-tunings of about 5 min per seed at the 800-iteration schedule, 18 min of pretraining,
-# probes); not yet timed whole; resumable (rerun it after an interruption); not part of `make test`.
+# The reproduction study with its detection transfer (docs/results.md): about 8 hours on 2 CPU cores, estimated from
+# its stages' times (20 fine-tunings of 6-8 min per seed at the 800-iteration schedule, measured in the study,
+# 25 min of pretraining, probes); not yet timed whole; resumable (rerun it after an interruption); not part of
+# `make test`.
 study: setup
 	$(PY) tools/run_study.py --output output/study
 

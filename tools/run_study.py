@@ -20,14 +20,14 @@ tools/convert_ckpt.py and every arm, random init included, is measured two ways:
 
 - probes on frozen features (tools/linear_eval.py, BatchNorm re-estimated at each probe's resolution): view retrieval
   on held-out scenes, each annotated object's class, and OAC's multi-label image probe, each beside its chance level;
-- detection transfer (tools/train_net.py, configs/transfer/): Faster R-CNN R18-FPN fine-tuned on 4 and on 8 labelled
+- detection transfer (tools/train_net.py, configs/transfer/): Faster R-CNN R18-FPN fine-tuned on 2 and on 4 labelled
   scenes and evaluated with COCO AP on 128 held-out scenes; SoCo three ways (backbone, backbone + FPN, backbone + FPN
   + box head), the other arms with their ResNet.
 
 Seeds are repeated and reported as mean ± std, with Welch's t-test of every claim (docs/results.md). Every stage is
 one of the project's own commands, printed before it runs; results are written as JSON, Markdown tables and plots.
 
-    python tools/run_study.py --output output/study                 # the full study (about 6 h on 2 cores)
+    python tools/run_study.py --output output/study                 # the full study (about 8 h on 2 cores)
     python tools/run_study.py --output output/study --seeds 0       # one seed of it
     python tools/run_study.py --output output/study_smoke --smoke   # one seed, a few iterations per arm
     python tools/run_study.py --output output/study --summarize-only  # tables and plots of what finished

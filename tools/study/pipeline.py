@@ -102,7 +102,7 @@ PROBES = {
 SCALES = {
     # pretrain images, labelled train / val images, pretraining iterations (None: the configs'), labelled scenes per
     # transfer and fine-tuning overrides, probe epochs, supervised-control epochs (and the supervised detector's
-    # overrides, "detector_opts"). 3 seeds take about 6 hours on 2 idle CPU cores at the
+    # overrides, "detector_opts"). 3 seeds take about 8 hours on 2 idle CPU cores at the
     # 800-iteration fine-tuning schedule (an estimate from the stages' times, docs/results.md).
     "full": dict(pretrain_images=1024, train_images=256, val_images=128, pretrain_iters=None, transfer_scenes=(2, 4),
                  finetune_opts=(), probe_epochs=100, supervised_epochs=2, retrieval_period=50, seeds=(0, 1, 2)),
