@@ -547,13 +547,13 @@ def convert_state_dict(state_dict, target, encoder="online", drop=(), keep_weigh
                 f"{parsed.kind}: its res5 is a C4 RoI head on res4 features and it has no FPN, so it does not "
                 "fit an FPN detector; convert it with --to d2-c4 (or --to d2-backbone for the ResNet alone)"
             )
+        stem = {k: v for k, v in parsed.resnet.items() if k.startswith("stem.")}
         outputs += [("backbone.bottom_up." + k, v) for k, v in parsed.resnet.items()
-                    if "stem" not in drop or not k.startswith("stem.")]
+                    if "stem" not in drop or k not in stem]
         if "fpn" not in drop:
             outputs += [("backbone." + k, v) for k, v in parsed.fpn.items()]
         if "box_head" not in drop:
             outputs += [("roi_heads.box_head." + k, v) for k, v in parsed.box_head.items()]
-        stem = {k: v for k, v in parsed.resnet.items() if k.startswith("stem.")}
         for part, module, tensors in (("stem", "backbone.bottom_up.stem", stem),
                                       ("fpn", "backbone.fpn_*", parsed.fpn),
                                       ("box_head", "roi_heads.box_head", parsed.box_head)):
