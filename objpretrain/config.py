@@ -265,6 +265,10 @@ def _add_oac_config(cfg):
     # Random-crop lower scale bound inside a box. 0 means s_min = SCENE_CROP_MIN / average proposal size (§5).
     _C.INPUT.OAC.CROP_SCALE_MIN = 0.0
     _C.INPUT.OAC.SCENE_CROP_MIN = 0.2
+    # Upper scale bound of scene crops (MoCo-v2's RandomResizedCrop: 1). Below 1, crops resized to CROP_SIZE can keep
+    # the objects at the scale a detector sees them: 64-px crops of a quarter of a 128-px scene (about 0.25) show
+    # the objects at their own size, where crops of 0.5-1 halve them (docs/results.md, "Controls for the missing gain").
+    _C.INPUT.OAC.SCENE_CROP_MAX = 1.0
     # Crops of the dilated box: this lower scale bound; 0 means the object crop's s_min. The authors' code
     # crops the dilated box with MoCo-v2's scene range (0.2, 1) (§4.1 leaves it open).
     _C.INPUT.OAC.DILATED_CROP_SCALE_MIN = 0.2

@@ -172,6 +172,8 @@ def _check_oac_views(cfg):
     _require(0 <= oac.CROP_SCALE_MIN <= 1, "INPUT.OAC.CROP_SCALE_MIN", oac.CROP_SCALE_MIN,
              "must be in [0, 1] (0: from the proposals' average size)")
     _require(0 < oac.SCENE_CROP_MIN <= 1, "INPUT.OAC.SCENE_CROP_MIN", oac.SCENE_CROP_MIN, "must be in (0, 1]")
+    _require(oac.SCENE_CROP_MIN <= oac.SCENE_CROP_MAX <= 1, "INPUT.OAC.SCENE_CROP_MAX", oac.SCENE_CROP_MAX,
+             f"must be in [INPUT.OAC.SCENE_CROP_MIN = {oac.SCENE_CROP_MIN}, 1]")
     _require(0 <= oac.DILATED_CROP_SCALE_MIN <= 1, "INPUT.OAC.DILATED_CROP_SCALE_MIN", oac.DILATED_CROP_SCALE_MIN,
              "must be in [0, 1] (0: the object crop's)")
     _check_range("INPUT.OAC.CROP_RATIO", oac.CROP_RATIO, upper=float("inf"))

@@ -303,6 +303,25 @@ def test_image_without_proposals_falls_back_to_scene_crops_and_is_counted(coordi
         mapper({"file_name": coordinate_image, "height": H, "width": W})
 
 
+def test_scene_crops_keep_to_the_scale_range_and_its_upper_bound(coordinate_image):
+    """INPUT.OAC.SCENE_CROP_MAX caps the area of scene crops (MoCo-v2's range is (SCENE_CROP_MIN, 1)), so 64-px
+    crops of a quarter of a 128-px scene keep its objects at their own size."""
+    record = _record(coordinate_image, [])
+
+    def area_fractions(mapper):
+        rng = np.random.default_rng(0)
+        fractions = []
+        for _ in range(200):
+            crop1, crop2, *_ = mapper.sample_crops(record, H, W, rng)
+            fractions += [(c[2] - c[0]) * (c[3] - c[1]) / (W * H) for c in (crop1, crop2)]
+        return np.array(fractions)
+
+    capped = area_fractions(OACMapper(_cfg(CROP_MODE="scene", SCENE_CROP_MIN=0.15, SCENE_CROP_MAX=0.35)))
+    assert capped.min() > 0.13 and capped.max() < 0.37  # integer rounding of the sides
+    assert capped.max() > 0.3 and capped.min() < 0.2  # the range is used, not one scale
+    assert area_fractions(OACMapper(_cfg(CROP_MODE="scene", SCENE_CROP_MIN=0.15))).max() > 0.9  # default max 1
+
+
 def test_bad_image_is_skipped_or_raised(tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")

@@ -2,7 +2,8 @@
 
 Crop modes (``INPUT.OAC.CROP_MODE``):
 
-- ``"scene"``: two random resized crops of the whole image, scale (``SCENE_CROP_MIN``, 1) (the MoCo-v2 baseline);
+- ``"scene"``: two random resized crops of the whole image, scale (``SCENE_CROP_MIN``, ``SCENE_CROP_MAX``) (the
+  MoCo-v2 baseline: (0.2, 1));
 - ``"obj-obj"``: both views are random crops inside one randomly chosen proposal;
 - ``"obj-obj+dilate"``: view 1 is a random crop inside the proposal, view 2 a random crop inside the proposal
   dilated by ``DILATION`` x the image size and clipped to the image.
@@ -74,7 +75,7 @@ class OACMapper(PretrainMapper):
         self.use_gt_boxes = bool(oac.USE_GT_BOXES)
         self.crop_size = int(oac.CROP_SIZE)
         self.crop_ratio = tuple(float(r) for r in oac.CROP_RATIO)
-        self.scene_scale = (float(oac.SCENE_CROP_MIN), 1.0)
+        self.scene_scale = (float(oac.SCENE_CROP_MIN), float(oac.SCENE_CROP_MAX))
         self.num_rotations = len(oac.ROTATIONS)
         self.loc_grid = int(oac.LOC_GRID)
         self.with_localization = cfg.MODEL.OAC.LAMBDA_LOC > 0
