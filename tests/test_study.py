@@ -4,6 +4,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -125,9 +127,9 @@ def _smoke_arms():
 SMOKE_ARMS = _smoke_arms()
 
 
-def _run_smoke_study(out):
+def _run_smoke_study(out, *args):
     result = subprocess.run([sys.executable, os.path.join(REPO, "tools", "run_study.py"), "--smoke", "--output",
-                             str(out), "--arms", *SMOKE_ARMS], cwd=REPO, capture_output=True, text=True)
+                             str(out), "--arms", *SMOKE_ARMS, *args], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, (f"run_study.py exited {result.returncode}:\n{result.stdout[-3000:]}\n"
                                     f"{result.stderr[-5000:]}")
 
@@ -240,7 +242,7 @@ def test_study_smoke_run_by_the_gpu_script_reports_every_arm_and_resumes(tmp_pat
     retrieval_probed = (out / "supervised_seed0" / "view_retrieval.json").stat().st_mtime
     (out / "random_init_seed0" / "result.json").unlink()
     (out / "random_init_seed0" / "transfer_random_init_n4" / "stale_marker").write_text("from a killed run")
-    _run_smoke_study(out)
+    _run_smoke_study(out, "--jobs", "2")  # the two unfinished arms side by side, as make study runs them
     assert {arm: (out / f"{arm}_seed0" / "result.json").stat().st_mtime for arm in untouched} == before
     with open(out / "supervised_seed0" / "result.json") as f:
         resumed = json.load(f)
@@ -251,6 +253,57 @@ def test_study_smoke_run_by_the_gpu_script_reports_every_arm_and_resumes(tmp_pat
     with open(out / "random_init_seed0" / "transfer_random_init_n4" / "metrics.json") as f:
         assert sum('"bbox/AP"' in line for line in f) == 2
 
+
+
+def test_study_runs_arms_side_by_side_longest_first_and_starts_none_after_a_failure(tmp_path, monkeypatch):
+    """run_study(jobs=2): two arms at a time, each stage with cores // 2 threads, a seed's arms with the most stages
+    first; after an arm fails, the running arm finishes and no other starts, and the failure is raised."""
+    from study import pipeline
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "proposals.pkl").write_bytes(b"")  # made: run_study runs no stage for it
+    monkeypatch.setattr(pipeline, "make_data", lambda out, scale: {})
+    started, lock, failing = [], threading.Lock(), set()
+
+    def fake_run_arm(arm, seed, out, data, scale, py, keep_checkpoints, device, workers, pretrain_opts, threads):
+        with lock:
+            started.append((seed, arm, threads))
+        if (seed, arm) in failing:
+            time.sleep(0.05)
+            raise pipeline.StudyStageError(f"{arm} failed")
+        time.sleep(0.3)
+        return {"arm": arm, "seed": seed}
+
+    monkeypatch.setattr(pipeline, "run_arm", fake_run_arm)
+    scale = dict(pipeline.SCALES["full"], seeds=(0, 1))
+    arms = ["random_init", "soco", "byol_whole_image"]  # 2, 7 and 3 stages
+    results = pipeline.run_study(str(tmp_path), scale, arms, jobs=2)
+    assert sorted((r["seed"], r["arm"]) for r in results) == sorted((s, a) for s in (0, 1) for a in arms)
+    assert {threads for _, _, threads in started} == {max(1, os.cpu_count() // 2)}
+    order = [(seed, arm) for seed, arm, _ in started]
+    assert set(order[:2]) == {(0, "soco"), (0, "byol_whole_image")}
+    assert order.index((0, "random_init")) < order.index((1, "random_init"))
+
+    started.clear()
+    failing.add((0, "soco"))
+    with pytest.raises(pipeline.StudyStageError, match="soco failed"):
+        pipeline.run_study(str(tmp_path), scale, arms, jobs=2)
+    assert sorted(arm for _, arm, _ in started) == ["byol_whole_image", "soco"]
+
+
+def test_study_scale_leaves_out_the_recorded_controls_unless_asked():
+    """The full scale fine-tunes every transfer arm but the two controls whose answer docs/results.md records;
+    --transfers picks the arms instead; --jobs needs at least one."""
+    import run_study
+    from study.pipeline import TRANSFERS
+
+    assert set(run_study.study_scale(run_study.parse_args([]))["skip_transfers"]) == {
+        "supervised", "soco_backbone_pretrained_scale"}
+    asked = run_study.study_scale(run_study.parse_args(["--transfers", "random_init",
+                                                        "soco_backbone_pretrained_scale"]))
+    assert set(TRANSFERS) - set(asked["skip_transfers"]) == {"random_init", "soco_backbone_pretrained_scale"}
+    with pytest.raises(SystemExit):
+        run_study.parse_args(["--jobs", "0"])
 
 
 def test_summary_tests_each_claimed_ordering(tmp_path):

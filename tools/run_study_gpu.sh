@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU version of the study (docs/results.md, "GPU run"): the CPU learning regime at batch 256 (the learning
 # configs scale their lr with the square root of the batch), the same health monitors, probes and detection transfer
-# (configs/transfer/: Faster R-CNN R18-FPN on 2 and 4 labelled scenes, every transfer arm), sized for about 12 minutes
+# (configs/transfer/: Faster R-CNN R18-FPN on 2 and 4 labelled scenes, the study's transfer arms), sized for about 12 minutes
 # of one H200 with 16 CPU cores. Every arm runs in its own process at once on the one GPU (R18 at 64-128 px leaves a
 # GPU mostly idle, so the arms overlap); an arm still running after LIMIT seconds is stopped, and what finished is
 # summarized. Seeds run one after another.

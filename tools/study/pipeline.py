@@ -11,7 +11,9 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from objpretrain.utils.atomic_io import atomic_write_json
@@ -102,10 +104,17 @@ PROBES = {
 SCALES = {
     # pretrain images, labelled train / val images, pretraining iterations (None: the configs'), labelled scenes per
     # transfer and fine-tuning overrides, probe epochs, supervised-control epochs (and the supervised detector's
-    # overrides, "detector_opts"). 3 seeds take about 8 hours on 2 idle CPU cores at the
-    # 800-iteration fine-tuning schedule (an estimate from the stages' times, docs/results.md).
+    # overrides, "detector_opts"); "skip_transfers": transfer arms not fine-tuned (tools/run_study.py --transfers
+    # chooses others). Time of the full scale on 2 idle CPU cores with two arms side by side: docs/results.md.
     "full": dict(pretrain_images=1024, train_images=256, val_images=128, pretrain_iters=None, transfer_scenes=(2, 4),
-                 finetune_opts=(), probe_epochs=100, supervised_epochs=2, retrieval_period=50, seeds=(0, 1, 2)),
+                 # box AP every 200 iterations, not the configs' 100: 4 points of each curve, and 7 % of a
+                 # fine-tuning's time saved (an evaluation takes about 6 s of a 337-s fine-tuning). An evaluation's
+                 # loader draws from the random stream, so the period changes a run as another seed would.
+                 finetune_opts=("TEST.EVAL_PERIOD", 200), probe_epochs=100, supervised_epochs=2, retrieval_period=50,
+                 seeds=(0, 1, 2),
+                 # Controls with their answer in docs/results.md, fine-tuned on request: the supervised classifier's
+                 # ResNet (the supervised detector is the positive control) and the weight-scale defect's control.
+                 skip_transfers=("supervised", "soco_backbone_pretrained_scale")),
     "smoke": dict(pretrain_images=16, train_images=8, val_images=8, pretrain_iters=4, transfer_scenes=(4,),
                   finetune_opts=("SOLVER.MAX_ITER", 4, "SOLVER.STEPS", "(2, 3)", "SOLVER.WARMUP_ITERS", 1,
                                  "TEST.EVAL_PERIOD", 2),
@@ -120,11 +129,20 @@ SCALES = {
 }
 
 
-def run(cmd, log):
-    print("$ " + " ".join(shlex.quote(str(c)) for c in cmd), flush=True)
+def say(line):
+    """Prints a progress line in one write, so that the lines of arms run side by side do not interleave."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def run(cmd, log, threads=None):
+    """Runs one stage, its output into ``log``; ``threads`` caps its intra-op threads (torch, OpenMP, MKL), so that
+    stages run side by side (``run_study(jobs=...)``) do not oversubscribe the cores. Returns its seconds."""
+    say("$ " + " ".join(shlex.quote(str(c)) for c in cmd))
+    env = None if threads is None else dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     start = time.time()
     with open(log, "w") as f:
-        result = subprocess.run([str(c) for c in cmd], cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+        result = subprocess.run([str(c) for c in cmd], cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env)
     if result.returncode != 0:
         with open(log) as f:
             tail = f.read()[-3000:]
@@ -215,7 +233,8 @@ def arm_transfers(arm):
     return [name for name, (source, _) in TRANSFERS.items() if source == arm]
 
 
-def run_arm(arm, seed, out, data, scale, py, keep_checkpoints=False, device="cpu", workers=2, pretrain_opts=()):
+def run_arm(arm, seed, out, data, scale, py, keep_checkpoints=False, device="cpu", workers=2, pretrain_opts=(),
+            threads=None):
     arm_dir = os.path.join(out, f"{arm}_seed{seed}")
     result_path = os.path.join(arm_dir, "result.json")
     if os.path.exists(result_path):  # finished earlier: the study resumes where it stopped
@@ -224,38 +243,38 @@ def run_arm(arm, seed, out, data, scale, py, keep_checkpoints=False, device="cpu
         missing = [probe for probe in PROBES if f"{probe}_chance" not in result]
         if missing:
             # Finished before these probes (or their floors) existed: run them (seconds) on the kept weights.
-            print(f"   adding the probes {missing} to {arm_dir}", flush=True)
-            run_probes(arm, seed, arm_dir, result, data, scale, py, device, missing)
+            say(f"   adding the probes {missing} to {arm_dir}")
+            run_probes(arm, seed, arm_dir, result, data, scale, py, device, missing, threads)
             atomic_write_json(result_path, result)
         if missing_transfers(arm, result, scale):
-            print(f"   adding the transfers {missing_transfers(arm, result, scale)} to {arm_dir}", flush=True)
-            run_transfers(arm, seed, arm_dir, result, data, scale, py, device, workers)
+            say(f"   adding the transfers {missing_transfers(arm, result, scale)} to {arm_dir}")
+            run_transfers(arm, seed, arm_dir, result, data, scale, py, device, workers, threads)
             atomic_write_json(result_path, result)
         return result
     if os.path.isdir(arm_dir):
         # An arm killed part-way restarts from scratch: its stages do not resume, and Detectron2 appends to an
         # old metrics.json, which would splice two runs into one curve.
-        print(f"   removing the unfinished {arm_dir}", flush=True)
+        say(f"   removing the unfinished {arm_dir}")
         shutil.rmtree(arm_dir)
     os.makedirs(arm_dir)
     result = {"arm": arm, "seed": seed, "seconds": {}}
     if ARMS[arm] is not None:
-        pretrain(arm, seed, arm_dir, result, out, data, scale, py, device, workers, pretrain_opts)
+        pretrain(arm, seed, arm_dir, result, out, data, scale, py, device, workers, pretrain_opts, threads)
         # The weights exactly as pretrained (--keep-weight-scale): the probes re-estimate BatchNorm, so the scale
         # does not change what they read, and each transfer's conversion from this file restores the initializer's
         # scale or, for the control, keeps it.
         run([py, "tools/convert_ckpt.py", os.path.join(arm_dir, "pretrain", "model_final.pth"),
              os.path.join(arm_dir, "converted.pkl"), "--to", "d2-fpn", "--keep-weight-scale"],
-            os.path.join(arm_dir, "convert.log"))
-    run_probes(arm, seed, arm_dir, result, data, scale, py, device)
-    run_transfers(arm, seed, arm_dir, result, data, scale, py, device, workers)
+            os.path.join(arm_dir, "convert.log"), threads)
+    run_probes(arm, seed, arm_dir, result, data, scale, py, device, threads=threads)
+    run_transfers(arm, seed, arm_dir, result, data, scale, py, device, workers, threads)
     atomic_write_json(result_path, result)  # the marker that this arm is done: never half-written
     if not keep_checkpoints:
         remove_training_checkpoints(arm_dir)
     return result
 
 
-def pretrain(arm, seed, arm_dir, result, out, data, scale, py, device, workers, pretrain_opts):
+def pretrain(arm, seed, arm_dir, result, out, data, scale, py, device, workers, pretrain_opts, threads=None):
     """The arm's pretraining into ``arm_dir/pretrain/model_final.pth``, with its curves and health in ``result``."""
     spec = ARMS[arm]
     pretrain_dir = os.path.join(arm_dir, "pretrain")
@@ -267,7 +286,7 @@ def pretrain(arm, seed, arm_dir, result, out, data, scale, py, device, workers, 
              "--epochs", scale["supervised_epochs"], "--crop-size", 32, "--seed", seed,
              "--output", os.path.join(pretrain_dir, "model_final.pth"),
              "DATASETS.COCO_JSON_REGISTER", f"({registration(data, 'pretrain', 'study_pretrain_labels')!r},)"],
-            log)
+            log, threads)
         return
     if spec.kind == "detector":
         result["seconds"]["pretrain"] = run(
@@ -275,7 +294,7 @@ def pretrain(arm, seed, arm_dir, result, out, data, scale, py, device, workers, 
              "--register-coco", registration(data, "pretrain", "study_pretrain_labels"),
              "--register-coco", registration(data, "val"), "SEED", seed, "OUTPUT_DIR", pretrain_dir,
              "MODEL.DEVICE", device, "DATALOADER.NUM_WORKERS", workers, *scale.get("detector_opts", ())],
-            log)
+            log, threads)
         result["pretrain_AP"] = last_metric(os.path.join(pretrain_dir, "metrics.json"), "bbox/AP")
         return
     # The configs' own MAX_ITER unless the scale or --pretrain-iters sets one.
@@ -291,7 +310,7 @@ def pretrain(arm, seed, arm_dir, result, out, data, scale, py, device, workers, 
          "OBJPRETRAIN.HEALTH.RETRIEVAL_PERIOD", scale["retrieval_period"],
          "SEED", seed, "OUTPUT_DIR", pretrain_dir, "MODEL.DEVICE", device, "DATALOADER.NUM_WORKERS", workers,
          *scale.get("pretrain_opts", ()), *pretrain_opts],
-        log)
+        log, threads)
     metrics = os.path.join(pretrain_dir, "metrics.json")
     result["pretrain_loss_curve"] = loss_curve(metrics)
     result["health_curves"] = metric_curves(metrics, ("health/", "total_loss", "loss_"))
@@ -306,7 +325,7 @@ def missing_transfers(arm, result, scale):
             for n in scale["transfer_scenes"] if str(n) not in done.get(name, {})]
 
 
-def run_transfers(arm, seed, arm_dir, result, data, scale, py, device, workers):
+def run_transfers(arm, seed, arm_dir, result, data, scale, py, device, workers, threads=None):
     """Fine-tunes every transfer arm of ``arm`` on every labelled subset of the scale; records, per transfer and N,
     the final COCO box metrics and their curves over the fine-tuning iterations in ``result["transfer"]``."""
     for name, n in missing_transfers(arm, result, scale):
@@ -318,7 +337,7 @@ def run_transfers(arm, seed, arm_dir, result, data, scale, py, device, workers):
             weights = os.path.join(arm_dir, f"converted_{name}.pkl")
             if not os.path.exists(weights):
                 run([py, "tools/convert_ckpt.py", os.path.join(arm_dir, "converted.pkl"), weights, *convert_args],
-                    os.path.join(arm_dir, f"convert_{name}.log"))
+                    os.path.join(arm_dir, f"convert_{name}.log"), threads)
         finetune_dir = os.path.join(arm_dir, f"transfer_{name}_n{n}")
         if os.path.isdir(finetune_dir):  # a killed fine-tuning: Detectron2 would append to its metrics.json
             shutil.rmtree(finetune_dir)
@@ -327,7 +346,7 @@ def run_transfers(arm, seed, arm_dir, result, data, scale, py, device, workers):
              "--register-coco", registration(data, f"train_n{n}"), "--register-coco", registration(data, "val"),
              "MODEL.WEIGHTS", weights, "SEED", seed, "OUTPUT_DIR", finetune_dir, "MODEL.DEVICE", device,
              "DATALOADER.NUM_WORKERS", workers, *scale["finetune_opts"]],
-            os.path.join(arm_dir, f"transfer_{name}_n{n}.log"))
+            os.path.join(arm_dir, f"transfer_{name}_n{n}.log"), threads)
         metrics = os.path.join(finetune_dir, "metrics.json")
         curves = metric_curves(metrics, tuple(f"bbox/{m}" for m in AP_METRICS))
         record = {m: last_metric(metrics, f"bbox/{m}") for m in AP_METRICS}
@@ -336,7 +355,7 @@ def run_transfers(arm, seed, arm_dir, result, data, scale, py, device, workers):
         result.setdefault("transfer", {}).setdefault(name, {})[str(n)] = record
 
 
-def run_probes(arm, seed, arm_dir, result, data, scale, py, device, probes=tuple(PROBES)):
+def run_probes(arm, seed, arm_dir, result, data, scale, py, device, probes=tuple(PROBES), threads=None):
     """Runs ``probes`` (names of :data:`PROBES`; default all) on the arm's converted weights (random init: a fresh
     ResNet drawn with ``seed``), in one process, and records score, chance level and seconds in ``result``."""
     config = ARMS[arm].probe_config if ARMS[arm] is not None else PROBE_CONFIG
@@ -349,7 +368,7 @@ def run_probes(arm, seed, arm_dir, result, data, scale, py, device, probes=tuple
            for a in ("--probe", f"{PROBES[p][0]},{PROBES[p][1]},{PROBES[p][1]},{path}")),
          "--device", device, "DATASETS.COCO_JSON_REGISTER",
          f"({registration(data, 'train')!r}, {registration(data, 'val')!r})"],
-        os.path.join(arm_dir, "probes.log"))
+        os.path.join(arm_dir, "probes.log"), threads)
     for probe, path in zip(probes, paths):
         _, _, metric, chance = PROBES[probe]
         with open(path) as f:
@@ -370,10 +389,22 @@ def remove_training_checkpoints(arm_dir):
                 os.remove(os.path.join(root, name))
 
 
+def arm_cost(arm, scale):
+    """The number of long stages of an arm (pretraining, fine-tunings): the order of work when arms run side by side,
+    longest first, so that no lane is left with a long arm at the end."""
+    return (ARMS[arm] is not None) + len(missing_transfers(arm, {}, scale))
+
+
 def run_study(out, scale, arms, py=sys.executable, keep_checkpoints=False, device="cpu", workers=2, pretrain_opts=(),
-              prepare_only=False):
+              prepare_only=False, jobs=1):
     """Makes the data and proposals under ``out`` and runs every arm and seed of ``scale``; returns the results
-    (``[]`` with ``prepare_only``). The summary is study.summary's."""
+    (``[]`` with ``prepare_only``). The summary is study.summary's.
+
+    ``jobs`` arms run side by side, each stage with ``cores // jobs`` intra-op threads (``jobs=1``: torch's
+    default): on 2 CPU cores, two single-threaded fine-tunings do 1.3x the work of one two-threaded fine-tuning (0.32 s
+    per iteration each, against 0.21 for one; docs/performance.md), since a small detector does not keep two threads
+    busy. Seeds come in order; within a seed the arms with the most stages start first. Every arm, random init
+    included, runs with the same thread count, so that its comparisons are made under one setting."""
     os.makedirs(out, exist_ok=True)
     data = make_data(out, scale)
     proposals = os.path.join(out, "data", "proposals.pkl")
@@ -382,9 +413,32 @@ def run_study(out, scale, arms, py=sys.executable, keep_checkpoints=False, devic
              "--no-progress"], os.path.join(out, "proposals.log"))
     if prepare_only:
         return []
-    results = []
-    for seed in scale["seeds"]:
-        for arm in arms:
-            print(f"== {arm}, seed {seed}", flush=True)
-            results.append(run_arm(arm, seed, out, data, scale, py, keep_checkpoints, device, workers, pretrain_opts))
-    return results
+    threads = None if jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)  # None: torch's default
+    tasks = sorted(((seed, arm) for seed in scale["seeds"] for arm in arms),
+                   key=lambda task: (scale["seeds"].index(task[0]), -arm_cost(task[1], scale)))
+
+    stop = threading.Event()  # set by a failed arm: the arms not yet started are skipped
+
+    def run_task(task):
+        if stop.is_set():
+            return None
+        seed, arm = task
+        say(f"== {arm}, seed {seed}")
+        try:
+            return run_arm(arm, seed, out, data, scale, py, keep_checkpoints, device, workers, pretrain_opts, threads)
+        except BaseException:
+            stop.set()
+            raise
+
+    if jobs == 1:
+        return [run_task(task) for task in tasks]
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = [pool.submit(run_task, task) for task in tasks]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [future.exception() for future in futures if future in done and future.exception()]
+        if failed:
+            # The arms already running finish (their work is kept for the resumed run); no other starts.
+            say("== a stage failed: waiting for the running arms to finish, starting no other")
+            wait(futures)
+            raise failed[0]
+        return [future.result() for future in futures]
