@@ -1,3 +1,4 @@
+import fcntl
 import os
 import subprocess
 import sys
@@ -21,8 +22,12 @@ def repo_root():
 
 @pytest.fixture(scope="session")
 def demo_data():
-    """datasets/demo/, built once by datasets/prepare_demo.py (a no-op when already built)."""
-    subprocess.run([sys.executable, os.path.join(REPO, "datasets", "prepare_demo.py")], check=True)
+    """datasets/demo/, built once by datasets/prepare_demo.py (a no-op when already built). The suite runs in two
+    pytest-xdist workers (pytest.ini), each with its own session: a lock keeps the second from building beside the
+    first."""
+    with open(os.path.join(REPO, "datasets", ".prepare_demo.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run([sys.executable, os.path.join(REPO, "datasets", "prepare_demo.py")], check=True)
     from objpretrain.data.datasets import demo_root
 
     return demo_root()
