@@ -13,7 +13,7 @@ A command is a line (backslash continuations joined) in a fenced code block that
   a usage line with placeholders, of which only the script is checked. A command that another test runs end to
   end names that test in its ``needs:`` comment and is checked the same way.
 
-``make`` targets (``make demo`` takes 9 minutes, ``make test`` is this suite, ``make study`` about 2 h 45 min) are
+``make`` targets (``make demo`` takes 7 minutes, ``make test`` is this suite, ``make study`` about 2 h 45 min) are
 never run here: ``make -n`` checks that the target exists and what it would run resolves.
 """
 import argparse
