@@ -35,9 +35,10 @@ def finetune_command(data, output, iters):
 
 def seconds_per_iteration(commands, threads):
     """Runs ``commands`` at once, each with ``threads`` intra-op threads; returns each one's seconds per iteration."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    runs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for cmd in commands]
+    from study.pipeline import thread_capped_env
+
+    runs = [subprocess.Popen(cmd, cwd=REPO, env=thread_capped_env(threads), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for cmd in commands]
     timings = []
     for run in runs:
         log = run.communicate()[0]
@@ -63,7 +64,8 @@ def main(argv=None):
         alone = seconds_per_iteration([finetune_command(tmp, os.path.join(tmp, "alone"), args.iters)], args.cores)[0]
         side_by_side = seconds_per_iteration(
             [finetune_command(tmp, os.path.join(tmp, f"lane{i}"), args.iters) for i in range(args.cores)], 1)
-    ratio = (len(side_by_side) / (sum(side_by_side) / len(side_by_side))) / (1 / alone)
+    # iterations per second of all the runs side by side, over the reference's
+    ratio = sum(alone / seconds for seconds in side_by_side)
     print(json.dumps({"iters": args.iters, "cores": args.cores, "alone_s_per_it": alone,
                       "side_by_side_s_per_it": side_by_side, "throughput_ratio": round(ratio, 3)}))
     return ratio

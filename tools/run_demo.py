@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from study.pipeline import last_metric  # tools/study, beside this script
+from study.pipeline import last_metric, thread_capped_env  # tools/study, beside this script
 
 from objpretrain.engine.health import format_summary
 
@@ -45,8 +45,8 @@ def run(step, title, *stages):
     failure."""
     print(f"[{step}] {title} ...", end=" ", flush=True)
     start = time.time()
-    threads = str(max(1, (os.cpu_count() or 1) // len(stages)))
-    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads) if len(stages) > 1 else None
+    threads = max(1, (os.cpu_count() or 1) // len(stages)) if len(stages) > 1 else None
+    env = thread_capped_env(threads)
     running = []
     for cmd, log in stages:
         with open(log, "w") as f:  # the command as it ran, thread cap included, so that it can be rerun

@@ -135,11 +135,19 @@ def say(line):
     sys.stdout.flush()
 
 
+def thread_capped_env(threads):
+    """The environment of a subprocess whose intra-op threads (torch, OpenMP, MKL) are capped at ``threads``, so that
+    processes run side by side do not oversubscribe the cores; None (the inherited one) when ``threads`` is None."""
+    if threads is None:
+        return None
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+
+
 def run(cmd, log, threads=None):
-    """Runs one stage, its output into ``log``; ``threads`` caps its intra-op threads (torch, OpenMP, MKL), so that
-    stages run side by side (``run_study(jobs=...)``) do not oversubscribe the cores. Returns its seconds."""
+    """Runs one stage, its output into ``log``, with at most ``threads`` intra-op threads (``run_study(jobs=...)``).
+    Returns its seconds."""
     say("$ " + " ".join(shlex.quote(str(c)) for c in cmd))
-    env = None if threads is None else dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env = thread_capped_env(threads)
     start = time.time()
     with open(log, "w") as f:
         result = subprocess.run([str(c) for c in cmd], cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env)
@@ -435,7 +443,7 @@ def run_study(out, scale, arms, py=sys.executable, keep_checkpoints=False, devic
     with ThreadPoolExecutor(jobs) as pool:
         futures = [pool.submit(run_task, task) for task in tasks]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [future.exception() for future in futures if future in done and future.exception()]
+        failed = [future.exception() for future in done if future.exception()]
         if failed:
             # The arms already running finish (their work is kept for the resumed run); no other starts.
             say("== a stage failed: waiting for the running arms to finish, starting no other")
